@@ -1,0 +1,154 @@
+"""Settings from environment variables: the single source for parsing, `--help` and README.
+
+Every knob of TuneDeck is one `EnvVar` in `ENV_VARS`; `Settings.from_env()` reads them,
+`env_table_markdown()` renders the README table (a test keeps README in sync).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+
+@dataclass(frozen=True)
+class EnvVar:
+    name: str
+    default: str
+    help: str
+
+
+ENV_VARS: tuple[EnvVar, ...] = (
+    EnvVar("TUNEDECK_HOST", "127.0.0.1", "Address the dashboard listens on (`--host`)."),
+    EnvVar("TUNEDECK_PORT", "7860", "Port the dashboard listens on (`--port`)."),
+    EnvVar("TUNEDECK_ROOT_PATH", "", "Sub-path when served behind a proxy (`--root-path`)."),
+    EnvVar("GRADIO_SHARE", "false", "Create a public Gradio share link (`--share`); needs `TUNEDECK_AUTH`."),
+    EnvVar(
+        "TUNEDECK_AUTH",
+        "",
+        "Dashboard login: `user:password`, several separated by `,`, or the path of a file "
+        "with one `user:password` per line. Required for `--share` and for a non-local `--host`.",
+    ),
+    EnvVar("DOCKER_HOST", "unix:///var/run/docker.sock", "Docker engine the dashboard talks to."),
+    EnvVar("TUNEDECK_PROJECT", "tunedeck", "Compose project name: only its containers are shown and touched."),
+    EnvVar(
+        "TUNEDECK_SERVICES",
+        "caddy,app,easy-dataset,llamafactory,llamacpp,ollama,tensorboard",
+        "Compose services the stack is expected to have (shown as `missing` when absent).",
+    ),
+    EnvVar(
+        "TUNEDECK_DATA_DIR",
+        "/srv/tunedeck",
+        "Shared data directory, mounted at this same path in every model-touching container "
+        "(`saves/`, `exports/`, history database).",
+    ),
+    EnvVar("TUNEDECK_OLLAMA_URL", "http://localhost:11434", "Base URL of the Ollama HTTP API."),
+    EnvVar("TUNEDECK_LLAMAFACTORY_SERVICE", "llamafactory", "Compose service that runs `llamafactory-cli`."),
+    EnvVar("TUNEDECK_LLAMACPP_SERVICE", "llamacpp", "Compose service of the llama.cpp toolbox."),
+    EnvVar("TUNEDECK_OLLAMA_SERVICE", "ollama", "Compose service of Ollama."),
+    EnvVar("TUNEDECK_DATASET_SERVICE", "easy-dataset", "Compose service of easy-dataset."),
+    EnvVar("TUNEDECK_TENSORBOARD_SERVICE", "tensorboard", "Compose service of TensorBoard."),
+    EnvVar(
+        "TUNEDECK_LLAMAFACTORY_CLI", "llamafactory-cli", "Command of LLaMA-Factory's CLI inside its container."
+    ),
+    EnvVar(
+        "TUNEDECK_CONVERT_SCRIPT",
+        "/app/convert_hf_to_gguf.py",
+        "Path of llama.cpp's `convert_hf_to_gguf.py` inside the llama.cpp container.",
+    ),
+    EnvVar(
+        "TUNEDECK_QUANTIZE_BIN",
+        "/app/llama-quantize",
+        "Path of `llama-quantize` inside the llama.cpp container.",
+    ),
+    EnvVar(
+        "TUNEDECK_DATASET_URL",
+        "{scheme}://{hostname}:1717/",
+        "Iframe URL of easy-dataset; `{scheme}`, `{hostname}` and `{host}` follow the address "
+        "the browser used.",
+    ),
+    EnvVar("TUNEDECK_TRAINING_URL", "/llamafactory/", "Iframe URL of LLaMA-Factory's web UI (same placeholders)."),
+    EnvVar("TUNEDECK_TENSORBOARD_URL", "/tensorboard/", "Iframe URL of TensorBoard (same placeholders)."),
+)
+
+_DEFAULTS = {v.name: v.default for v in ENV_VARS}
+
+
+def _truthy(value: str) -> bool:
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str
+    port: int
+    root_path: str
+    share: bool
+    auth: str
+    docker_host: str
+    project: str
+    services: tuple[str, ...]
+    data_dir: Path
+    ollama_url: str
+    llamafactory_service: str
+    llamacpp_service: str
+    ollama_service: str
+    dataset_service: str
+    tensorboard_service: str
+    llamafactory_cli: str
+    convert_script: str
+    quantize_bin: str
+    dataset_url: str
+    training_url: str
+    tensorboard_url: str
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+        env = os.environ if environ is None else environ
+
+        def get(name: str) -> str:
+            value = env.get(name)
+            return _DEFAULTS[name] if value is None or value == "" else value
+
+        return cls(
+            host=get("TUNEDECK_HOST"),
+            port=int(get("TUNEDECK_PORT")),
+            root_path=env.get("TUNEDECK_ROOT_PATH", ""),
+            share=_truthy(get("GRADIO_SHARE")),
+            auth=env.get("TUNEDECK_AUTH", ""),
+            docker_host=get("DOCKER_HOST"),
+            project=get("TUNEDECK_PROJECT"),
+            services=tuple(s.strip() for s in get("TUNEDECK_SERVICES").split(",") if s.strip()),
+            data_dir=Path(get("TUNEDECK_DATA_DIR")).expanduser().absolute(),
+            ollama_url=get("TUNEDECK_OLLAMA_URL").rstrip("/"),
+            llamafactory_service=get("TUNEDECK_LLAMAFACTORY_SERVICE"),
+            llamacpp_service=get("TUNEDECK_LLAMACPP_SERVICE"),
+            ollama_service=get("TUNEDECK_OLLAMA_SERVICE"),
+            dataset_service=get("TUNEDECK_DATASET_SERVICE"),
+            tensorboard_service=get("TUNEDECK_TENSORBOARD_SERVICE"),
+            llamafactory_cli=get("TUNEDECK_LLAMAFACTORY_CLI"),
+            convert_script=get("TUNEDECK_CONVERT_SCRIPT"),
+            quantize_bin=get("TUNEDECK_QUANTIZE_BIN"),
+            dataset_url=get("TUNEDECK_DATASET_URL"),
+            training_url=get("TUNEDECK_TRAINING_URL"),
+            tensorboard_url=get("TUNEDECK_TENSORBOARD_URL"),
+        )
+
+
+def env_table_markdown() -> str:
+    """The README's configuration table, generated so it cannot drift from the code."""
+    rows = ["| Variable | Default | Meaning |", "|---|---|---|"]
+    for var in ENV_VARS:
+        default = f"`{var.default}`" if var.default else "(empty)"
+        rows.append(f"| `{var.name}` | {default} | {var.help} |")
+    return "\n".join(rows)
+
+
+def env_help_text() -> str:
+    """Plain-text list of the variables for `python -m app --help`."""
+    lines = ["environment variables:"]
+    for var in ENV_VARS:
+        lines.append(f"  {var.name} (default: {var.default or 'empty'})")
+        lines.append(f"      {var.help}")
+    return "\n".join(lines)

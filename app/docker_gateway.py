@@ -1,0 +1,288 @@
+"""The only door to the Docker engine.
+
+TuneDeck holds the Docker socket, which is root on the host. Every Docker call goes
+through `DockerGateway`, which only touches containers labelled with the stack's compose
+project and only runs `ToolCommand`s built by the pipeline (argv lists, never a shell
+string made from user text).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import docker
+import requests
+from docker.errors import APIError, DockerException, NotFound
+
+PROJECT_LABEL = "com.docker.compose.project"
+SERVICE_LABEL = "com.docker.compose.service"
+PID_MARKER = "@@tunedeck-pid "
+# Wrapper run around every tool: prints its PID first so a cancel can kill it (Docker has
+# no "kill exec"), then replaces itself with the tool. User data only ever travels in "$@".
+_WRAPPER = 'echo "' + PID_MARKER + '$$"; exec "$@"'
+_CONNECTION_ERRORS = (DockerException, requests.exceptions.RequestException, ConnectionError, OSError)
+
+
+class EngineUnavailable(Exception):
+    """The Docker engine does not answer."""
+
+
+class NotInProject(Exception):
+    """A container outside the stack's compose project was asked for."""
+
+
+class ServiceUnavailable(Exception):
+    """A tool service has no running container."""
+
+
+@dataclass(frozen=True)
+class ToolCommand:
+    """An argv to run in a compose service's container; built only by `app.export.commands`."""
+
+    service: str
+    argv: tuple[str, ...]
+    workdir: str | None = None
+    env: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.argv or not all(isinstance(a, str) for a in self.argv):
+            raise ValueError("a tool command is a non-empty list of strings")
+        if any("\x00" in a for a in self.argv):
+            raise ValueError("a tool argument cannot contain a NUL character")
+
+
+def docker_url() -> str:
+    return os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+
+
+def _is_connection_error(exc: BaseException) -> bool:
+    if isinstance(exc, NotFound):
+        return False
+    if isinstance(exc, APIError):
+        return False
+    return isinstance(exc, _CONNECTION_ERRORS)
+
+
+class DockerGateway:
+    """Project-confined Docker access with lazy (re)connection."""
+
+    def __init__(self, project: str, base_url: str | None = None, timeout: int = 15) -> None:
+        if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", project):
+            raise ValueError(f"invalid compose project name: {project!r}")
+        self.project = project
+        self.base_url = base_url or docker_url()
+        self._timeout = timeout
+        self._client: docker.DockerClient | None = None
+        self._lock = threading.Lock()
+
+    # -- connection -------------------------------------------------------------------
+    def _api(self) -> docker.APIClient:
+        with self._lock:
+            if self._client is None:
+                try:
+                    self._client = docker.DockerClient(
+                        base_url=self.base_url, version="auto", timeout=self._timeout, max_pool_size=32
+                    )
+                except _CONNECTION_ERRORS as exc:
+                    raise EngineUnavailable(self.unreachable_message()) from exc
+            return self._client.api
+
+    def _reset(self) -> None:
+        with self._lock:
+            if self._client is not None:
+                try:
+                    self._client.close()
+                except Exception:
+                    pass
+            self._client = None
+
+    def unreachable_message(self) -> str:
+        return f"Docker engine not reachable at {self.base_url}"
+
+    def _call(self, fn, *args, **kwargs):
+        try:
+            return fn(self._api(), *args, **kwargs)
+        except EngineUnavailable:
+            raise
+        except Exception as exc:
+            if _is_connection_error(exc):
+                self._reset()
+                raise EngineUnavailable(self.unreachable_message()) from exc
+            raise
+
+    def ping(self) -> bool:
+        try:
+            return bool(self._call(lambda api: api.ping()))
+        except EngineUnavailable:
+            return False
+
+    # -- confinement ------------------------------------------------------------------
+    def _project_filter(self, **extra: str) -> dict[str, Any]:
+        labels = [f"{PROJECT_LABEL}={self.project}"] + [f"{k}={v}" for k, v in extra.items()]
+        return {"label": labels}
+
+    def _checked(self, container: str) -> dict:
+        """Inspect a container and refuse it unless it carries the project label."""
+        if not isinstance(container, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", container):
+            raise NotInProject(f"{container!r} is not a container of project {self.project!r}")
+        try:
+            info = self._call(lambda api: api.inspect_container(container))
+        except NotFound:
+            raise NotInProject(f"{container!r} is not a container of project {self.project!r}") from None
+        labels = (info.get("Config") or {}).get("Labels") or {}
+        if labels.get(PROJECT_LABEL) != self.project:
+            raise NotInProject(f"{container!r} is not a container of project {self.project!r}")
+        return info
+
+    # -- read -------------------------------------------------------------------------
+    def list_containers(self) -> list[dict]:
+        """Cheap listing (no per-container inspect) of the project's containers."""
+        return self._call(lambda api: api.containers(all=True, filters=self._project_filter()))
+
+    def inspect(self, container: str) -> dict:
+        return self._checked(container)
+
+    def service_container(self, service: str) -> dict | None:
+        """The newest container of a compose service, running ones first."""
+        rows = self._call(
+            lambda api: api.containers(all=True, filters=self._project_filter(**{SERVICE_LABEL: service}))
+        )
+        if not rows:
+            return None
+        rows.sort(key=lambda r: (r.get("State") == "running", r.get("Created", 0)), reverse=True)
+        return rows[0]
+
+    def running_service_container(self, service: str) -> str:
+        row = self.service_container(service)
+        if row is None:
+            raise ServiceUnavailable(f"The {service} service has no container in project {self.project!r}.")
+        if row.get("State") != "running":
+            raise ServiceUnavailable(f"The {service} container is {row.get('State')}, not running.")
+        return row["Id"]
+
+    def logs(self, container: str, *, tail: int | str = "all", since: int | float | None = None,
+             follow: bool = True, timestamps: bool = True):
+        """A cancellable log stream (call `.close()` from another thread to stop it)."""
+        self._checked(container)
+        return self._call(
+            lambda api: api.logs(container, stream=True, follow=follow, timestamps=timestamps,
+                                 tail=tail, since=since)
+        )
+
+    def events(self):
+        """Container events of the project; a blocking stream, close it from another thread."""
+        return self._call(
+            lambda api: api.events(decode=True, filters={"type": "container", **self._project_filter()})
+        )
+
+    def stats(self, container: str):
+        self._checked(container)
+        return self._call(lambda api: api.stats(container, stream=True, decode=True))
+
+    # -- control ----------------------------------------------------------------------
+    def start(self, container: str) -> None:
+        self._checked(container)
+        self._call(lambda api: api.start(container))
+
+    def stop(self, container: str, timeout: int = 10) -> None:
+        self._checked(container)
+        self._call(lambda api: api.stop(container, timeout=timeout))
+
+    def restart(self, container: str, timeout: int = 10) -> None:
+        self._checked(container)
+        self._call(lambda api: api.restart(container, timeout=timeout))
+
+    # -- exec -------------------------------------------------------------------------
+    def exec_tool(self, command: ToolCommand) -> "ExecHandle":
+        """Start a pipeline command in its service's running container."""
+        if not isinstance(command, ToolCommand):
+            raise TypeError("only ToolCommand objects built by the pipeline can be executed")
+        container = self.running_service_container(command.service)
+        self._checked(container)
+        argv = ["sh", "-c", _WRAPPER, "tunedeck-tool", *command.argv]
+        exec_id = self._call(
+            lambda api: api.exec_create(
+                container, argv, stdout=True, stderr=True, workdir=command.workdir,
+                environment=dict(command.env) or None,
+            )
+        )["Id"]
+        stream = self._call(lambda api: api.exec_start(exec_id, stream=True, demux=True))
+        return ExecHandle(self, container, exec_id, stream)
+
+    def _kill_pid(self, container: str, pid: int, signal: str) -> None:
+        argv = ["kill", f"-{signal}", str(int(pid))]
+        exec_id = self._call(lambda api: api.exec_create(container, argv, stdout=False, stderr=False))["Id"]
+        self._call(lambda api: api.exec_start(exec_id))
+
+    def exec_exit_code(self, exec_id: str) -> int | None:
+        return self._call(lambda api: api.exec_inspect(exec_id)).get("ExitCode")
+
+    def exec_running(self, exec_id: str) -> bool:
+        return bool(self._call(lambda api: api.exec_inspect(exec_id)).get("Running"))
+
+
+class ExecHandle:
+    """A running tool: iterate its output lines, read its exit code, or kill it."""
+
+    def __init__(self, gateway: DockerGateway, container: str, exec_id: str, stream) -> None:
+        self.gateway = gateway
+        self.container = container
+        self.exec_id = exec_id
+        self._stream = stream
+        self.pid: int | None = None
+        self._pid_ready = threading.Event()
+
+    def lines(self) -> Iterator[tuple[str, str]]:
+        """Yield (channel, line) as the tool prints them; progress bars (\\r) become lines."""
+        buffers = {"stdout": "", "stderr": ""}
+        try:
+            for out, err in self._stream:
+                for channel, chunk in (("stdout", out), ("stderr", err)):
+                    if not chunk:
+                        continue
+                    buffers[channel] += chunk.decode("utf-8", "replace")
+                    *complete, buffers[channel] = re.split(r"\r\n|\n|\r", buffers[channel])
+                    for line in complete:
+                        if channel == "stdout" and self.pid is None and line.startswith(PID_MARKER):
+                            self.pid = int(line[len(PID_MARKER):])
+                            self._pid_ready.set()
+                            continue
+                        yield channel, line
+        finally:
+            self._pid_ready.set()
+            self.close()
+        for channel, rest in buffers.items():
+            if rest:
+                yield channel, rest
+
+    def exit_code(self) -> int | None:
+        return self.gateway.exec_exit_code(self.exec_id)
+
+    def kill(self, grace: float = 3.0) -> None:
+        """SIGTERM the tool, then SIGKILL it if it is still running after `grace` seconds."""
+        import time
+
+        self._pid_ready.wait(timeout=2)
+        if self.pid is None:
+            self.close()
+            return
+        try:
+            self.gateway._kill_pid(self.container, self.pid, "TERM")
+            deadline = time.monotonic() + grace
+            while time.monotonic() < deadline:
+                if not self.gateway.exec_running(self.exec_id):
+                    return
+                time.sleep(0.1)
+            self.gateway._kill_pid(self.container, self.pid, "KILL")
+        except (EngineUnavailable, APIError, NotFound):
+            self.close()
+
+    def close(self) -> None:
+        try:
+            self._stream.close()
+        except Exception:
+            pass

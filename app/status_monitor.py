@@ -1,0 +1,220 @@
+"""A cached, event-driven snapshot of the stack's containers.
+
+One background thread per app follows Docker events of the project and refreshes the
+snapshot; every viewer reads the cache. No per-tick inspect of every container.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Callable
+
+from .docker_gateway import SERVICE_LABEL, DockerGateway, EngineUnavailable
+
+COLUMNS = ["service", "container", "state", "health", "uptime", "restarts", "image", "ports", "cpu %", "memory"]
+_REINSPECT_ACTIONS = {
+    "create", "start", "restart", "die", "stop", "kill", "pause", "unpause", "oom", "rename", "update",
+    "destroy", "health_status",
+}
+
+
+@dataclass(frozen=True)
+class ContainerInfo:
+    id: str
+    name: str
+    service: str
+    state: str
+    health: str
+    started_at: float | None
+    restarts: int
+    image: str
+    ports: str
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    engine_ok: bool
+    message: str
+    containers: tuple[ContainerInfo, ...]
+    expected: tuple[str, ...]
+    version: int
+    taken_at: float = field(default_factory=time.time)
+
+    def missing(self) -> list[str]:
+        present = {c.service for c in self.containers}
+        return [s for s in self.expected if s not in present]
+
+    def by_service(self, service: str) -> ContainerInfo | None:
+        rows = [c for c in self.containers if c.service == service]
+        rows.sort(key=lambda c: c.state == "running", reverse=True)
+        return rows[0] if rows else None
+
+    def summary(self) -> str:
+        if not self.engine_ok:
+            return f"⚠️ {self.message}. Retrying every second; the page recovers by itself."
+        running = sum(c.state == "running" for c in self.containers)
+        unhealthy = sum(c.health == "unhealthy" for c in self.containers)
+        return (
+            f"{running} running · {unhealthy} unhealthy · {len(self.missing())} missing · "
+            f"{len(self.containers)} containers · engine reachable"
+        )
+
+
+def _parse_time(value: str | None) -> float | None:
+    if not value or value.startswith("0001-"):
+        return None
+    value = value.rstrip("Z")
+    main, _, frac = value.partition(".")
+    dt = datetime.strptime(main, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=timezone.utc)
+    return dt.timestamp() + (float("0." + frac[:6]) if frac else 0.0)
+
+
+def format_ports(ports: list[dict] | None) -> str:
+    """`0.0.0.0:8080->80/tcp` style, published ports only, de-duplicated (IPv4/IPv6)."""
+    seen: list[str] = []
+    for p in ports or []:
+        if p.get("PublicPort"):
+            text = f"{p['PublicPort']}->{p['PrivatePort']}/{p.get('Type', 'tcp')}"
+            if text not in seen:
+                seen.append(text)
+    return ", ".join(seen)
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {minutes}m"
+    if minutes:
+        return f"{minutes}m {secs}s"
+    return f"{secs}s"
+
+
+def container_info(row: dict, inspect: dict | None) -> ContainerInfo:
+    """Merge a cheap listing row with (optional) inspect data into one record."""
+    labels = row.get("Labels") or {}
+    state = (inspect or {}).get("State") or {}
+    health = (state.get("Health") or {}).get("Status") or "none"
+    return ContainerInfo(
+        id=row["Id"],
+        name=(row.get("Names") or ["/?"])[0].lstrip("/"),
+        service=labels.get(SERVICE_LABEL, "?"),
+        state=row.get("State") or state.get("Status") or "?",
+        health=health,
+        started_at=_parse_time(state.get("StartedAt")) if row.get("State") == "running" else None,
+        restarts=int((inspect or {}).get("RestartCount") or 0),
+        image=row.get("Image", ""),
+        ports=format_ports(row.get("Ports")),
+    )
+
+
+class StatusMonitor:
+    """Keeps `snapshot()` current from Docker events; survives engine restarts."""
+
+    def __init__(self, gateway: DockerGateway, expected: tuple[str, ...], retry_s: float = 1.0) -> None:
+        self.gateway = gateway
+        self.expected = expected
+        self.retry_s = retry_s
+        self._inspect: dict[str, dict] = {}
+        self._snapshot = Snapshot(False, "Connecting to the Docker engine", (), expected, 0)
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._stop = threading.Event()
+        self._events_stream = None
+        self._thread: threading.Thread | None = None
+        self.stats_source: Callable[[str], tuple[str, str]] | None = None
+
+    # -- public -----------------------------------------------------------------------
+    def start(self) -> "StatusMonitor":
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="tunedeck-status", daemon=True)
+            self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self._stop.set()
+        self._close_events()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def snapshot(self) -> Snapshot:
+        with self._lock:
+            return self._snapshot
+
+    def wait_for_change(self, version: int, timeout: float) -> Snapshot:
+        """Block until the snapshot version differs from `version` or the timeout passes."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._snapshot.version != version, timeout=timeout)
+            return self._snapshot
+
+    def refresh(self, changed_id: str | None = None) -> Snapshot:
+        """Re-list the containers; re-inspect only new ones and `changed_id`."""
+        rows = self.gateway.list_containers()
+        ids = {r["Id"] for r in rows}
+        for cid in list(self._inspect):
+            if cid not in ids:
+                del self._inspect[cid]
+        for row in rows:
+            cid = row["Id"]
+            if cid not in self._inspect or cid == changed_id:
+                try:
+                    self._inspect[cid] = self.gateway.inspect(cid)
+                except Exception:
+                    self._inspect.pop(cid, None)
+        infos = tuple(
+            sorted((container_info(r, self._inspect.get(r["Id"])) for r in rows), key=lambda c: (c.service, c.name))
+        )
+        return self._publish(True, "engine reachable", infos)
+
+    # -- internals --------------------------------------------------------------------
+    def _publish(self, ok: bool, message: str, containers: tuple[ContainerInfo, ...]) -> Snapshot:
+        with self._changed:
+            old = self._snapshot
+            if ok == old.engine_ok and message == old.message and containers == old.containers:
+                return old
+            self._snapshot = Snapshot(ok, message, containers, self.expected, old.version + 1)
+            self._changed.notify_all()
+            return self._snapshot
+
+    def _close_events(self) -> None:
+        stream, self._events_stream = self._events_stream, None
+        if stream is not None:
+            try:
+                stream.close()
+            except Exception:
+                pass
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._events_stream = self.gateway.events()
+                self.refresh()
+                for event in self._events_stream:
+                    if self._stop.is_set():
+                        break
+                    action = str(event.get("Action") or event.get("status") or "")
+                    if action.startswith("exec_"):
+                        continue
+                    base = action.split(":")[0].strip()
+                    cid = event.get("id") or (event.get("Actor") or {}).get("ID")
+                    self.refresh(cid if base in _REINSPECT_ACTIONS else None)
+                # The stream ended: the engine went away (or we are closing).
+                if not self._stop.is_set():
+                    self._publish(False, self.gateway.unreachable_message(), ())
+            except EngineUnavailable as exc:
+                self._publish(False, str(exc), ())
+            except Exception as exc:
+                if self.gateway.ping():
+                    self._publish(True, "engine reachable", self.snapshot().containers)
+                else:
+                    self._publish(False, f"{self.gateway.unreachable_message()} ({type(exc).__name__})", ())
+            finally:
+                self._close_events()
+            self._stop.wait(self.retry_s)

@@ -1,0 +1,1 @@
+"""Gradio UI: one module per tab; `layout.build_app` assembles them."""

