@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 
 from .config import Settings
 from .docker_gateway import DockerGateway
+from .ollama import OllamaClient
 from .status_monitor import StatusMonitor
+
+
+class DataDirUnavailable(Exception):
+    pass
 
 
 @dataclass
@@ -14,17 +20,37 @@ class Runtime:
     settings: Settings
     gateway: DockerGateway
     monitor: StatusMonitor
+    ollama: OllamaClient
     _closers: list = field(default_factory=list)
+    _exports: object = None
+    _exports_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
     def create(cls, settings: Settings) -> "Runtime":
         gateway = DockerGateway(settings.project, base_url=settings.docker_host)
         monitor = StatusMonitor(gateway, settings.services)
-        return cls(settings=settings, gateway=gateway, monitor=monitor)
+        return cls(settings=settings, gateway=gateway, monitor=monitor, ollama=OllamaClient(settings.ollama_url))
 
     def start(self) -> "Runtime":
         self.monitor.start()
         return self
+
+    @property
+    def exports(self):
+        """The export manager, created on first use so a missing data dir never stops the app."""
+        from .export.engine import ExportManager
+
+        with self._exports_lock:
+            if self._exports is None:
+                try:
+                    self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+                    self._exports = ExportManager(self.settings, self.gateway, self.ollama)
+                except OSError as exc:
+                    raise DataDirUnavailable(
+                        f"The data directory {self.settings.data_dir} is not usable ({exc.strerror or exc}); "
+                        "set TUNEDECK_DATA_DIR."
+                    ) from exc
+            return self._exports
 
     def on_close(self, fn) -> None:
         self._closers.append(fn)

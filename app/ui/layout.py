@@ -34,7 +34,7 @@ def build_app(runtime: Runtime) -> gr.Blocks:
         with gr.Tabs(elem_id="tabs"):
             services = services_tab.build(runtime)
             frames = [build_tool_tab(tool) for tool in tools]
-            export_tab.build(runtime)
+            export = export_tab.build(runtime)
         outputs = [view, banner, services["summary"], services["table"], *frames]
 
         def render(state: dict, request: gr.Request | None = None):
@@ -55,6 +55,9 @@ def build_app(runtime: Runtime) -> gr.Blocks:
             return updates
 
         demo.load(render, inputs=[view], outputs=outputs, api_visibility="private")
+        demo.load(export["refresh"], [export["run"]], [export["run"], export["runs_table"]],
+                  api_visibility="private")
+        demo.load(export["history_table"], None, [export["history"]], api_visibility="private")
         gr.Timer(1.0).tick(
             render, inputs=[view], outputs=outputs, api_visibility="private",
             concurrency_limit=None, show_progress="hidden",

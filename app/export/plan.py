@@ -1,0 +1,190 @@
+"""What an export will do: validated request, output paths, and the input hashes that decide reuse."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .runs import ADAPTER_WEIGHTS, RunInfo, find_run
+from .validation import (
+    InvalidInput,
+    slug,
+    validate_base_model,
+    validate_dtype,
+    validate_ollama_name,
+    validate_quant_types,
+    validate_system_prompt,
+    validate_template,
+    check_text,
+)
+
+STAGES = ("preflight", "merge", "convert", "quantize", "load", "verify")
+DEFAULT_VERIFY_PROMPT = "Reply with one short sentence: what are you?"
+_SMALL_FILE = 64 << 20  # files below this are hashed by content; larger ones by size and mtime
+
+
+@dataclass(frozen=True)
+class ExportRequest:
+    run: RunInfo
+    base_model: str
+    template: str
+    dtype: str
+    quant_types: tuple[str, ...]
+    ollama_name: str
+    system_prompt: str
+    overwrite: bool
+    verify_prompt: str = DEFAULT_VERIFY_PROMPT
+
+    def summary(self) -> dict:
+        d = asdict(self)
+        d["run"] = self.run.name
+        return d
+
+
+def default_ollama_name(run: RunInfo) -> str:
+    return slug(run.name.replace("/", "-"), 60)
+
+
+def build_request(data_dir: Path, *, run: str, base_model: str = "", template: str = "", dtype: str = "f16",
+                  quant_types=("Q4_K_M",), ollama_name: str = "", system_prompt: str = "",
+                  overwrite: bool = False, verify_prompt: str = "") -> ExportRequest:
+    """Validate raw inputs (from the UI or the API) into a request; raises InvalidInput."""
+    run_name = check_text("Run", run or "", 1024).strip()
+    if not run_name:
+        raise InvalidInput("Choose a run to export.")
+    info = find_run(data_dir, run_name)
+    if info is None:
+        raise InvalidInput(f"Unknown run {run_name!r}: no adapter_config.json and adapter weights under saves/.")
+    base = validate_base_model(data_dir, base_model or info.base_model)
+    tmpl = validate_template(template or info.template or "")
+    dt = validate_dtype(dtype or "f16")
+    quants = validate_quant_types(quant_types, dt)
+    name = validate_ollama_name(ollama_name or default_ollama_name(info))
+    if len(quants) > 1 and ":" in name.rsplit("/", 1)[-1]:
+        raise InvalidInput("With several quantization types, give the Ollama name without a tag; each type becomes a tag.")
+    if not isinstance(overwrite, bool):
+        raise InvalidInput("Overwrite must be true or false.")
+    prompt = check_text("Verification prompt", verify_prompt or DEFAULT_VERIFY_PROMPT, 2000)
+    return ExportRequest(info, base, tmpl, dt, tuple(quants), name, validate_system_prompt(system_prompt),
+                         overwrite, prompt)
+
+
+# -- hashing --------------------------------------------------------------------------
+def _hash_file(h, path: Path) -> None:
+    st = path.stat()
+    h.update(f"{path.name}:{st.st_size}".encode())
+    if st.st_size <= _SMALL_FILE:
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+    else:
+        h.update(str(st.st_mtime_ns).encode())
+
+
+def fingerprint_dir(path: Path, names: tuple[str, ...] | None = None) -> str:
+    """Content hash of a model folder (large weight shards by size+mtime, the rest by content)."""
+    h = hashlib.sha256()
+    files = sorted(p for p in Path(path).iterdir() if p.is_file()) if names is None else [Path(path) / n for n in names]
+    for p in files:
+        if p.is_file():
+            _hash_file(h, p)
+    return h.hexdigest()
+
+
+def adapter_fingerprint(run_dir: Path) -> str:
+    """Full content hash of the adapter (config + weights): a retrained adapter never reuses."""
+    h = hashlib.sha256()
+    for name in ("adapter_config.json", *ADAPTER_WEIGHTS):
+        p = Path(run_dir) / name
+        if p.is_file():
+            h.update(name.encode())
+            with open(p, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    h.update(chunk)
+    return h.hexdigest()
+
+
+def _key(*parts: object) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+# -- plan ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class OllamaTarget:
+    name: str
+    gguf: Path
+    quant: str
+
+
+@dataclass(frozen=True)
+class ExportPlan:
+    request: ExportRequest
+    workdir: Path
+    merge_yaml: Path
+    merged_dir: Path
+    gguf: Path
+    quantized: dict[str, Path]
+    targets: tuple[OllamaTarget, ...]
+    keys: dict[str, str] = field(default_factory=dict)
+
+    def stamp_path(self, stage: str) -> Path:
+        return self.workdir / ".stamps" / f"{stage}.json"
+
+
+def partial(path: Path) -> Path:
+    """Where a stage writes before its output is complete; renamed into place at the end."""
+    return path.with_name(path.name + ".partial")
+
+
+def make_plan(data_dir: Path, request: ExportRequest) -> ExportPlan:
+    base = request.base_model
+    base_fp = fingerprint_dir(Path(base)) if os.path.isdir(base) else f"hub:{base}"
+    merge_key = _key("merge", adapter_fingerprint(Path(request.run.path)), base_fp, request.template)
+    convert_key = _key("convert", merge_key, request.dtype)
+    stem = slug(request.run.name.replace("/", "-"), 40)
+    workdir = Path(data_dir).resolve() / "exports" / f"{stem}-{merge_key[:10]}"
+    gguf = workdir / f"{stem}-{request.dtype}.gguf"
+    quantized = {q: workdir / f"{stem}-{q}.gguf" for q in request.quant_types}
+    keys = {"merge": merge_key, "convert": convert_key}
+    keys.update({f"quantize:{q}": _key("quantize", convert_key, q) for q in request.quant_types})
+    targets: list[OllamaTarget] = []
+    if not request.quant_types:
+        targets.append(OllamaTarget(request.ollama_name, gguf, request.dtype))
+    elif len(request.quant_types) == 1:
+        q = request.quant_types[0]
+        targets.append(OllamaTarget(request.ollama_name, quantized[q], q))
+    else:
+        for q in request.quant_types:
+            targets.append(OllamaTarget(f"{request.ollama_name}:{q.lower()}", quantized[q], q))
+    return ExportPlan(request, workdir, workdir / "merge.yaml", workdir / "merged", gguf, quantized, tuple(targets),
+                      keys)
+
+
+# -- disk estimate ----------------------------------------------------------------------
+_QUANT_BITS = {"Q2_K": 3.0, "Q3_K_S": 3.5, "Q3_K_M": 3.9, "Q3_K_L": 4.3, "Q4_0": 4.5, "Q4_1": 5.0, "Q4_K_S": 4.6,
+               "Q4_K_M": 4.9, "Q5_0": 5.5, "Q5_1": 6.0, "Q5_K_S": 5.5, "Q5_K_M": 5.7, "Q6_K": 6.6, "Q8_0": 8.5,
+               "IQ4_NL": 4.5, "IQ4_XS": 4.3}
+
+
+def weights_size(model_dir: Path) -> int:
+    total = 0
+    for p in Path(model_dir).glob("*"):
+        if p.suffix in {".safetensors", ".bin", ".pt", ".pth"} and p.is_file():
+            total += p.stat().st_size
+    return total
+
+
+def estimate_bytes(weight_bytes: int, plan: ExportPlan, skip: set[str]) -> int:
+    """Disk the export will write: merged (~base size), GGUF, and each quantized file."""
+    need = 0.0
+    if "merge" not in skip:
+        need += weight_bytes
+    if "convert" not in skip:
+        need += weight_bytes * (0.55 if plan.request.dtype == "q8_0" else 1.0)
+    for q in plan.request.quant_types:
+        if f"quantize:{q}" not in skip:
+            need += weight_bytes * _QUANT_BITS.get(q, 8.5) / 16
+    return int(need * 1.05) + (64 << 20)

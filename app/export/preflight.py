@@ -1,0 +1,97 @@
+"""Pre-flight checks run before any export work; each failure is one clear sentence."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+from pathlib import Path
+
+from .plan import ExportPlan, estimate_bytes, weights_size
+
+_HIDDEN_INPUT_MODULES = ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj")
+
+
+def safetensors_shapes(path: Path) -> dict[str, list[int]]:
+    """Tensor shapes from a safetensors header, without loading any weights."""
+    with open(path, "rb") as f:
+        (length,) = struct.unpack("<Q", f.read(8))
+        if length > 100 << 20:
+            raise ValueError("safetensors header too large")
+        header = json.loads(f.read(length))
+    return {k: v["shape"] for k, v in header.items() if isinstance(v, dict) and "shape" in v}
+
+
+def base_config(base: str) -> dict | None:
+    path = Path(base) / "config.json"
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except ValueError:
+        return None
+    return data.get("text_config", data) if isinstance(data.get("text_config"), dict) and "hidden_size" not in data else data
+
+
+def quantized_base_problem(config: dict) -> str | None:
+    q = config.get("quantization_config")
+    if not q:
+        return None
+    method = q.get("quant_method", "unknown")
+    bits = "4-bit" if q.get("load_in_4bit") else "8-bit" if q.get("load_in_8bit") else q.get("bits", "")
+    return (f"The base model is quantized ({method} {bits}); LLaMA-Factory cannot merge a LoRA adapter into a "
+            "quantized model, so point Base model at the unquantized weights.").replace("  ", " ")
+
+
+def adapter_mismatch(run_dir: Path, config: dict) -> str | None:
+    """Compare the adapter's LoRA shapes (and resized vocab) with the base model's config."""
+    weights = Path(run_dir) / "adapter_model.safetensors"
+    if not weights.is_file():
+        return None
+    try:
+        shapes = safetensors_shapes(weights)
+    except (OSError, ValueError, struct.error):
+        return "The adapter weights (adapter_model.safetensors) cannot be read."
+    hidden = config.get("hidden_size")
+    vocab = config.get("vocab_size")
+    for name, shape in shapes.items():
+        if hidden and "lora_A" in name and any(f".{m}." in name for m in _HIDDEN_INPUT_MODULES):
+            if len(shape) == 2 and shape[1] != hidden:
+                return (f"The adapter does not fit this base model: it was trained on hidden size {shape[1]}, "
+                        f"the base has {hidden}.")
+        if vocab and ("embed_tokens" in name or "lm_head" in name) and "lora" not in name and len(shape) == 2:
+            if shape[0] != vocab:
+                return (f"The adapter does not fit this base model: its vocabulary has {shape[0]} tokens, "
+                        f"the base has {vocab}.")
+    adapter_cfg = json.loads((Path(run_dir) / "adapter_config.json").read_text() or "{}")
+    if adapter_cfg.get("peft_type", "LORA") != "LORA":
+        return f"The run holds a {adapter_cfg.get('peft_type')} adapter; only LoRA adapters can be merged."
+    return None
+
+
+def disk_problem(data_dir: Path, plan: ExportPlan, skip: set[str]) -> tuple[str | None, int]:
+    base = plan.request.base_model
+    if not os.path.isdir(base):
+        return None, 0
+    need = estimate_bytes(weights_size(Path(base)), plan, skip)
+    free = shutil.disk_usage(data_dir).free
+    if free < need:
+        return (f"Not enough free disk in {data_dir}: the export needs about {need / 2**30:.1f} GiB, "
+                f"{free / 2**30:.1f} GiB are free."), need
+    return None, need
+
+
+def base_model_problems(plan: ExportPlan, need_merge: bool) -> list[str]:
+    base = plan.request.base_model
+    if not need_merge:
+        return []
+    if not os.path.isabs(base):
+        return []  # a hub id: resolved by LLaMA-Factory in its container
+    if not os.path.isdir(base):
+        return [f"The base model folder {base} does not exist."]
+    config = base_config(base)
+    if config is None:
+        return [f"The base model folder {base} has no readable config.json."]
+    problems = [p for p in (quantized_base_problem(config), adapter_mismatch(Path(plan.request.run.path), config)) if p]
+    return problems

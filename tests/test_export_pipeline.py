@@ -1,0 +1,257 @@
+"""Model export end to end with the REAL tools in containers, through the Gradio API.
+
+LLaMA-Factory merges, llama.cpp converts and quantizes (each `docker exec`ed in its own
+labelled container), the Ollama stand-in parses the GGUF and runs it for the chat.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from gradio_client import Client
+
+from tests.harness.appserver import running_app, settings_for
+from tests.harness.stack import Stack, new_project_name
+from tests.harness.toolbox import (
+    run_tools_script,
+    start_llamacpp,
+    start_llamafactory,
+    start_ollama,
+    tiny_run,
+)
+
+sys.path.insert(0, str(Path(__file__).parent / "standins"))
+from ollama_server import FILE_TYPES, read_gguf_header  # noqa: E402
+
+pytestmark = pytest.mark.tools
+
+
+@pytest.fixture(scope="module")
+def env(docker_client, hosttools_image, tmp_path_factory):
+    data = tmp_path_factory.mktemp("export") / "data"
+    data.mkdir()
+    stack = Stack(docker_client, new_project_name(), hosttools_image)
+    try:
+        run = tiny_run(data, tmp_path_factory.getbasetemp())
+        lf = start_llamafactory(stack, data)
+        cpp = start_llamacpp(stack, data)
+        ollama = start_ollama(stack)
+        settings = settings_for(tunedeck_project=stack.project, tunedeck_data_dir=str(data),
+                                tunedeck_ollama_url=ollama.url, tunedeck_convert_script="/app/convert_hf_to_gguf.py",
+                                tunedeck_quantize_bin="/app/llama-quantize")
+        with running_app(settings) as app:
+            yield {"data": data, "run": run, "stack": stack, "ollama": ollama, "app": app, "settings": settings,
+                   "llamafactory": lf, "llamacpp": cpp}
+    finally:
+        stack.cleanup()
+
+
+def export_args(run, *, base="", template="", dtype="f16", quants=("Q4_K_M",), name="", system="", overwrite=False):
+    return (run, base, template, dtype, list(quants), name, system, overwrite)
+
+
+def stream_export(url: str, args: tuple, timeout: float = 400):
+    """Submit through gradio_client; returns [(arrival time, log, status)] and the end time."""
+    client = Client(url, verbose=False)
+    job = client.submit(*args, api_name="/export")
+    seen = []
+    deadline = time.monotonic() + timeout
+    for out in job:
+        assert isinstance(out, (tuple, list)) and len(out) == 2, f"unexpected stream item {out!r}"
+        log, status = out
+        seen.append((time.monotonic(), log, status))
+        assert time.monotonic() < deadline, "export did not finish in time"
+    end = time.monotonic()
+    client.close()
+    return seen, end
+
+
+def files_under(path: Path) -> set[str]:
+    return {str(p.relative_to(path)) for p in path.rglob("*") if "tunedeck.db" not in p.name}
+
+
+def test_full_export_streams_and_produces_verified_models(env):
+    system = 'Answer in """triple quotes""" if asked.\nSecond line: ünïcödé ✓'
+    seen, end = stream_export(env["app"].url, export_args(env["run"], quants=("Q4_K_M", "Q8_0"), name="tiny-test",
+                                                          system=system))
+    log, status = seen[-1][1], seen[-1][2]
+    assert status["status"] == "succeeded", log[-3000:]
+
+    # Streamed: merge lines reached the client long before the job ended.
+    first_merge = next(t for t, text, _ in seen if "[merge] $ llamafactory-cli export" in (text or ""))
+    assert end - first_merge > 5, "log lines were not streamed while the tools ran"
+    assert any("[convert]" in line and "gguf" in line.lower() for line in log.splitlines())
+
+    # Artifacts: merged model differs from base; GGUF types are what was asked for.
+    result = status["result"]
+    merged = Path(result["merged_dir"])
+    assert (merged / "config.json").is_file() and (merged / "Modelfile").is_file()
+    arts = {Path(a["file"]).name: Path(a["file"]) for a in result["artifacts"].values()}
+    f16 = next(p for n, p in arts.items() if n.endswith("-f16.gguf"))
+    assert FILE_TYPES[read_gguf_header(f16)["metadata"]["general.file_type"]] == "F16"
+    for quant in ("Q4_K_M", "Q8_0"):
+        path = next(p for n, p in arts.items() if n.endswith(f"-{quant}.gguf"))
+        assert FILE_TYPES[read_gguf_header(path)["metadata"]["general.file_type"]] == quant
+    assert not list(env["data"].rglob("*.partial"))
+
+    cmp = run_tools_script("compare_logits.py", str(env["data"] / "models" / "tiny-llama"), str(merged), str(f16))
+    assert cmp["weight_diff"] > 1e-3, "merging did not change the weights"
+    assert cmp["logit_diff"] < 5e-3, cmp
+
+    # Ollama got the training template, stop tokens and the system prompt verbatim.
+    creates = [r["body"] for r in env["ollama"].requests() if r["path"] == "/api/create"]
+    assert {c["model"] for c in creates} == {"tiny-test:q4_k_m", "tiny-test:q8_0"}
+    modelfile = (merged / "Modelfile").read_text()
+    for body in creates:
+        assert body["template"] and body["template"] in modelfile
+        assert "Human: {{ .Content }}" in body["template"]
+        assert body["parameters"]["stop"] == ["</s>"]
+        assert body["system"] == system
+        assert body["files"]["model.gguf"].startswith("sha256:")
+    chats = [r for r in env["ollama"].requests() if r["path"] == "/api/chat"]
+    assert chats and chats[-1]["prompt"].startswith("System: Answer in")
+    verify = result["verify"]
+    assert set(verify) == {"tiny-test:q4_k_m", "tiny-test:q8_0"}
+    assert all(v["done_reason"] in {"stop", "length"} for v in verify.values())
+    assert status["stages"] == {"preflight": "done", "merge": "done", "convert": "done", "quantize": "done",
+                                "load": "done", "verify": "done"}
+
+
+def test_second_run_with_same_inputs_reuses_stages(env):
+    seen, _ = stream_export(env["app"].url, export_args(env["run"], quants=("Q4_K_M", "Q8_0"), name="tiny-test",
+                                                        system='Answer in """triple quotes""" if asked.\n'
+                                                               "Second line: ünïcödé ✓", overwrite=True))
+    log, status = seen[-1][1], seen[-1][2]
+    assert status["status"] == "succeeded", log[-2000:]
+    assert status["stages"]["merge"] == "reused" and status["stages"]["convert"] == "reused"
+    assert status["stages"]["quantize"] == "reused" and status["stages"]["load"] == "reused"
+    assert "reused" in log and "$ llamafactory-cli" not in log
+    assert status["stage_seconds"]["merge"] < 2
+
+
+def test_existing_name_without_overwrite_is_refused(env):
+    before = files_under(env["data"])
+    seen, _ = stream_export(env["app"].url, export_args(env["run"], quants=("Q4_K_M",), name="tiny-test:q8_0"))
+    status = seen[-1][2]
+    assert status["status"] == "failed"
+    assert "already has a model named 'tiny-test:q8_0'" in status["error"]
+    assert files_under(env["data"]) == before
+
+
+def test_history_survives_restart(env):
+    settings = env["settings"]
+    with running_app(settings) as second:
+        client = Client(second.url, verbose=False)
+        jobs = client.predict(api_name="/history")
+        client.close()
+    statuses = [j["status"] for j in jobs]
+    assert statuses.count("succeeded") >= 2 and "failed" in statuses
+    ok = next(j for j in jobs if j["status"] == "succeeded")
+    assert ok["result"]["artifacts"] and ok["stages"]["merge"] >= 0
+
+
+def test_cancel_mid_merge_leaves_no_partial_folder(env):
+    client = Client(env["app"].url, verbose=False)
+    job = client.submit(*export_args(env["run"], base=str(env["data"] / "models" / "tiny-llama"), template="alpaca",
+                                     name="tiny-cancel"), api_name="/export")
+    t_cancel = None
+    for log, status in job:
+        if "[merge] $ llamafactory-cli" in (log or "") and t_cancel is None:
+            time.sleep(2)
+            client.predict(api_name="/cancel_export")
+            t_cancel = time.monotonic()
+    job.cancel()
+    client.close()
+    manager = env["app"].runtime.exports
+    deadline = time.monotonic() + 10
+    while not manager.current.finished and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert manager.current.finished and manager.current.status == "cancelled"
+    assert time.monotonic() - t_cancel < 5 + 1
+    assert not list(env["data"].rglob("*.partial")), "a partial folder was left behind"
+    # the tool process inside the container is gone
+    ps = env["llamafactory"].exec_run(["ps", "-o", "args"]).output.decode()
+    assert "llamafactory-cli" not in ps
+    row = manager.history.get(manager.current.id)
+    assert row["status"] == "cancelled" and "merge" in row["error"]
+
+
+def test_converter_failing_midway_cleans_up(env):
+    # Corrupt the cached merged weights: merge is reused, the real converter then fails on them.
+    merged = next(env["data"].glob("exports/*/merged"))
+    weights = merged / "model.safetensors"
+    original = weights.read_bytes()
+    weights.write_bytes(original[: len(original) // 3])
+    try:
+        seen, _ = stream_export(env["app"].url, export_args(env["run"], dtype="bf16", quants=(), name="tiny-bf16"))
+    finally:
+        weights.write_bytes(original)
+    log, status = seen[-1][1], seen[-1][2]
+    assert status["status"] == "failed" and status["stage"] == "convert", log[-2000:]
+    assert "exited with code" in status["error"]
+    assert not list(env["data"].rglob("*.partial"))
+    assert not list(env["data"].rglob("*-bf16.gguf"))
+
+
+def test_one_export_at_a_time(env):
+    client = Client(env["app"].url, verbose=False)
+    first = client.submit(*export_args(env["run"], template="alpaca", name="tiny-one", quants=()),
+                          api_name="/export")
+    deadline = time.monotonic() + 60
+    while env["app"].runtime.exports.current is None or env["app"].runtime.exports.current.request.ollama_name != "tiny-one":
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    with pytest.raises(Exception, match="already running"):
+        client.predict(*export_args(env["run"], name="tiny-two"), api_name="/export")
+    first.cancel()
+    client.predict(api_name="/cancel_export")
+    client.close()
+    deadline = time.monotonic() + 15
+    while not env["app"].runtime.exports.current.finished:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("case", ["quantized_base", "tool_stopped", "ollama_down"])
+def test_preflight_refusals_change_nothing(env, case):
+    data = env["data"]
+    before = files_under(data)
+    args = export_args(env["run"], name=f"tiny-{case.replace('_', '-')}")
+    settings = env["settings"]
+    if case == "quantized_base":
+        qbase = data / "models" / "tiny-llama-4bit"
+        if not qbase.exists():
+            import shutil
+
+            shutil.copytree(data / "models" / "tiny-llama", qbase)
+            cfg = json.loads((qbase / "config.json").read_text())
+            cfg["quantization_config"] = {"quant_method": "bitsandbytes", "load_in_4bit": True}
+            (qbase / "config.json").write_text(json.dumps(cfg))
+        before = files_under(data)
+        args = export_args(env["run"], base=str(qbase), template="alpaca", name="tiny-q")
+        expected = "quantized (bitsandbytes 4-bit)"
+    elif case == "tool_stopped":
+        env["llamacpp"].stop(timeout=1)
+        args = export_args(env["run"], template="chatml", name="tiny-stopped")
+        expected = "llamacpp container is exited, not running"
+    else:
+        settings = settings_for(tunedeck_project=settings.project, tunedeck_data_dir=str(data),
+                                tunedeck_ollama_url="http://127.0.0.1:9")
+        expected = "Ollama is not reachable at http://127.0.0.1:9"
+    try:
+        if case == "ollama_down":
+            with running_app(settings) as app:
+                seen, _ = stream_export(app.url, args)
+        else:
+            seen, _ = stream_export(env["app"].url, args)
+    finally:
+        if case == "tool_stopped":
+            env["llamacpp"].start()
+    status = seen[-1][2]
+    assert status["status"] == "failed" and status["stage"] == "preflight"
+    assert expected in status["error"]
+    assert files_under(data) == before
