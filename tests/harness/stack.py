@@ -35,6 +35,10 @@ class Stack:
     def run(self, service: str, command=("sleep", "86400"), *, labelled: bool = True, name: str | None = None,
             wait_running: bool = True, **kwargs):
         labels = {TEST_LABEL: "1", **kwargs.pop("labels", {})}
+        # No bridge network unless asked: a new veth makes Chromium abort in-flight requests
+        # (net::ERR_NETWORK_CHANGED), which would break browser tests at random.
+        if "ports" not in kwargs:
+            kwargs.setdefault("network_mode", "none")
         if labelled:
             labels.update({PROJECT_LABEL: self.project, SERVICE_LABEL: service})
         container = self.client.containers.run(

@@ -98,8 +98,9 @@ def start_ollama(stack, data_dir: Path | None = None) -> OllamaStandin:
     port = free_port()
     container = stack.run(
         "ollama",
-        ["python", str(TESTS / "standins" / "ollama_server.py"), "--port", "11434", "--root", "/tmp/ollama"],
-        environment=tool_env(), volumes=host_mounts(TESTS), ports={"11434/tcp": ("127.0.0.1", port)},
+        ["python", str(TESTS / "standins" / "ollama_server.py"), "--host", "127.0.0.1", "--port", str(port),
+         "--root", "/tmp/ollama"],
+        environment=tool_env(), volumes=host_mounts(TESTS), network_mode="host",
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
