@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from .config import Settings
 from .docker_gateway import DockerGateway
+from .log_hub import LogHub
 from .ollama import OllamaClient
 from .status_monitor import StatusMonitor
 
@@ -21,6 +22,7 @@ class Runtime:
     gateway: DockerGateway
     monitor: StatusMonitor
     ollama: OllamaClient
+    logs: LogHub
     _closers: list = field(default_factory=list)
     _exports: object = None
     _exports_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -29,7 +31,8 @@ class Runtime:
     def create(cls, settings: Settings) -> "Runtime":
         gateway = DockerGateway(settings.project, base_url=settings.docker_host)
         monitor = StatusMonitor(gateway, settings.services)
-        return cls(settings=settings, gateway=gateway, monitor=monitor, ollama=OllamaClient(settings.ollama_url))
+        return cls(settings=settings, gateway=gateway, monitor=monitor, ollama=OllamaClient(settings.ollama_url),
+                   logs=LogHub(gateway))
 
     def start(self) -> "Runtime":
         self.monitor.start()
@@ -58,4 +61,5 @@ class Runtime:
     def close(self) -> None:
         for fn in reversed(self._closers):
             fn()
+        self.logs.close()
         self.monitor.close()

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import time
+
 import gradio as gr
 
 from ..runtime import Runtime
 from . import export_tab, services_tab
 from .tool_tabs import ToolTab, build_tool_tab, frame_html, request_origin, resolve_url
+
+UPTIME_REFRESH_S = 10  # re-render an unchanged table now and then so uptimes move
 
 CSS = """
 .td-frame { width: 100%; height: calc(100vh - 230px); min-height: 480px; border: 0; }
@@ -35,18 +39,24 @@ def build_app(runtime: Runtime) -> gr.Blocks:
             services = services_tab.build(runtime)
             frames = [build_tool_tab(tool) for tool in tools]
             export = export_tab.build(runtime)
-        outputs = [view, banner, services["summary"], services["table"], *frames]
+        outputs = [view, banner, services["summary"], services["table"], services["service"], services["target"],
+                   *frames]
 
         def render(state: dict, request: gr.Request | None = None):
             state = dict(state or {})
             if request is not None and "origin" not in state:
                 state["origin"] = request_origin(dict(request.headers))
             snapshot = runtime.monitor.snapshot()
-            if state.get("version") == snapshot.version and "origin" in state:
+            fresh = time.monotonic() - state.get("at", 0) < UPTIME_REFRESH_S
+            if state.get("version") == snapshot.version and "origin" in state and fresh:
                 return [gr.skip()] * len(outputs)
             state["version"] = snapshot.version
+            state["at"] = time.monotonic()
             banner_text = "" if snapshot.engine_ok else f"### ⚠️ {snapshot.message}"
-            updates = [state, banner_text, snapshot.summary(), services_tab.status_frame(snapshot)]
+            names = sorted({c.service for c in snapshot.containers})
+            updates = [state, banner_text, snapshot.summary(), services_tab.status_frame(snapshot),
+                       gr.update(choices=[services_tab.ALL, *names]),
+                       gr.update(choices=[c.name for c in snapshot.containers])]
             for tool in tools:
                 body = frame_html(tool, resolve_url(tool.url_template, state.get("origin", {})), snapshot)
                 key = "frame-" + tool.key

@@ -1,14 +1,29 @@
-"""Services tab: the stack's containers, live."""
+"""Services tab: live status of the stack, live searchable logs, start/stop/restart with confirmation."""
 
 from __future__ import annotations
 
+import asyncio
+import tempfile
+import threading
 import time
+from collections import deque
+from pathlib import Path
 
 import gradio as gr
 import pandas as pd
 
+from ..docker_gateway import EngineUnavailable, NotInProject
+from ..log_filter import BadFilter, make_matcher, render_line, shown
+from ..log_hub import Follower
 from ..runtime import Runtime
 from ..status_monitor import COLUMNS, Snapshot, format_duration
+
+ALL = "all services"
+TAIL_CHOICES = [50, 200, 500, 1000, 2000]
+MAX_VISIBLE = 2000       # lines the browser holds
+TRIM_SLACK = 500         # trim in batches so most updates are cheap appends
+POLL_S = 0.1
+ACTIONS = ("start", "stop", "restart")
 
 
 def status_frame(snapshot: Snapshot, stats: dict[str, tuple[str, str]] | None = None) -> pd.DataFrame:
@@ -28,12 +43,206 @@ def status_frame(snapshot: Snapshot, stats: dict[str, tuple[str, str]] | None = 
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
+def log_targets(snapshot: Snapshot, choice: str) -> list[tuple[str, str]]:
+    """(container id, service) pairs to follow for a dropdown choice; refuses unknown names."""
+    if not snapshot.engine_ok:
+        raise gr.Error(f"{snapshot.message}.", print_exception=False)
+    if choice == ALL:
+        targets = [(c.id, c.service) for c in snapshot.containers]
+        if not targets:
+            raise gr.Error("The stack has no containers to follow.", print_exception=False)
+        return targets
+    for c in snapshot.containers:
+        if choice in (c.service, c.name):
+            info = snapshot.by_service(c.service) if choice == c.service else c
+            return [(info.id, info.service)]
+    raise gr.Error(f"{choice!r} is not a service or container of this stack.", print_exception=False)
+
+
+def parse_tail(value) -> int:
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise gr.Error(f"Tail must be a whole number of lines, not {value!r}.", print_exception=False) from None
+    if not 1 <= n <= MAX_VISIBLE:
+        raise gr.Error(f"Tail must be between 1 and {MAX_VISIBLE} lines.", print_exception=False)
+    return n
+
+
+class FollowTokens:
+    """The newest follow per browser session: starting a new one ends the previous at once."""
+
+    def __init__(self) -> None:
+        self._tokens: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def new(self, session: str) -> int:
+        with self._lock:
+            self._tokens[session] = self._tokens.get(session, 0) + 1
+            return self._tokens[session]
+
+    def current(self, session: str, token: int) -> bool:
+        return self._tokens.get(session) == token
+
+
 def build(runtime: Runtime) -> dict:
-    """Lay out the tab; returns the components the page-level timer updates."""
+    tokens = FollowTokens()
+
+    def prepare(choice: str, tail, pattern: str, regex: bool):
+        snapshot = runtime.monitor.snapshot()
+        targets = log_targets(snapshot, choice or ALL)
+        n = parse_tail(tail)
+        try:
+            matcher = make_matcher(pattern or "", bool(regex))
+        except BadFilter as exc:
+            raise gr.Error(str(exc), print_exception=False) from None
+        return targets, n, matcher
+
+    async def follow_ui(choice: str, tail, pattern: str, regex: bool, timestamps: bool, request: gr.Request):
+        """Follow logs into the view: last N lines, then live; at most MAX_VISIBLE lines held."""
+        targets, n, matcher = prepare(choice, tail, pattern, regex)
+        session = request.session_hash if request else "api"
+        token = tokens.new(session)
+        with_service = len(targets) > 1
+        follower = Follower(runtime.logs, targets)
+        visible: deque[str] = deque()
+        try:
+            first = await asyncio.to_thread(follower.initial, n)
+            for line in first:
+                if shown(line, matcher):
+                    visible.append(render_line(line, timestamps=timestamps, with_service=with_service))
+            while len(visible) > n:
+                visible.popleft()
+            header = f"following {choice} · last {n} lines · {'regex' if regex else 'text'} filter {pattern!r}" \
+                if pattern else f"following {choice} · last {n} lines"
+            yield "\n".join(visible), header
+            while tokens.current(session, token):
+                await asyncio.sleep(POLL_S)
+                new = follower.poll()
+                rendered = [render_line(l, timestamps=timestamps, with_service=with_service) for l in new
+                            if shown(l, matcher)]
+                if rendered:
+                    visible.extend(rendered)
+                    if len(visible) > MAX_VISIBLE + TRIM_SLACK:
+                        for _ in range(len(visible) - MAX_VISIBLE):
+                            visible.popleft()
+                    yield "\n".join(visible), header
+                if follower.ended:
+                    yield "\n".join(visible), f"{header} · stream ended"
+                    return
+        finally:
+            follower.close()
+
+    async def follow_api(choice: str, tail: float, pattern: str, regex: bool, timestamps: bool):
+        """Follow logs for API clients: each streamed value is the batch of NEW lines (public: /logs)."""
+        targets, n, matcher = prepare(choice, tail, pattern, regex)
+        with_service = len(targets) > 1
+        follower = Follower(runtime.logs, targets)
+        try:
+            first = await asyncio.to_thread(follower.initial, n)
+            yield "\n".join(render_line(l, timestamps=timestamps, with_service=with_service)
+                            for l in first if shown(l, matcher))
+            while True:
+                await asyncio.sleep(POLL_S)
+                new = [l for l in follower.poll() if shown(l, matcher)]
+                if new:
+                    yield "\n".join(render_line(l, timestamps=timestamps, with_service=with_service) for l in new)
+                if follower.ended:
+                    return
+        finally:
+            follower.close()
+
+    def stop_follow(request: gr.Request):
+        tokens.new(request.session_hash if request else "api")
+        return "stopped"
+
+    def save_log(text: str):
+        if not text:
+            raise gr.Error("Nothing to download yet: follow a service first.", print_exception=False)
+        path = Path(tempfile.mkdtemp(prefix="tunedeck-logs-")) / f"tunedeck-logs-{time.strftime('%Y%m%d-%H%M%S')}.log"
+        path.write_text(text + "\n", encoding="utf-8")
+        return gr.update(value=str(path), visible=True)
+
+    def control(container: str, action: str, confirm: bool) -> str:
+        """Start, stop or restart a container of this stack (public: /control; needs confirm=true)."""
+        if action not in ACTIONS:
+            raise gr.Error(f"Unknown action {action!r}; use start, stop or restart.", print_exception=False)
+        if not confirm:
+            raise gr.Error(f"Confirm to {action} {container!r}.", print_exception=False)
+        snapshot = runtime.monitor.snapshot()
+        match = next((c for c in snapshot.containers if container in (c.name, c.service)), None)
+        target = match.name if match else (container or "")
+        try:
+            getattr(runtime.gateway, action)(target)
+        except NotInProject as exc:
+            raise gr.Error(f"Refused: {exc}.", print_exception=False) from None
+        except EngineUnavailable as exc:
+            raise gr.Error(str(exc), print_exception=False) from None
+        except Exception as exc:  # noqa: BLE001 - Docker's own message is the clearest
+            raise gr.Error(f"{action} {target} failed: {exc}", print_exception=False) from None
+        return f"{action}: {target} done"
+
+    def ask(container: str, action: str):
+        if not container:
+            raise gr.Error("Choose a container first.", print_exception=False)
+        return (gr.update(value=f"**{action.capitalize()} {container}?**", visible=True),
+                gr.update(visible=True), gr.update(visible=True), action)
+
+    def confirmed(container: str, action: str):
+        message = control(container, action, True)
+        gr.Info(message)
+        return gr.update(visible=False), gr.update(visible=False), gr.update(visible=False), message
+
+    def dismiss():
+        return gr.update(visible=False), gr.update(visible=False), gr.update(visible=False), "cancelled"
+
     with gr.Tab("Services", id="services", elem_id="tab-services"):
         summary = gr.Markdown("Connecting…", elem_id="status-summary")
         table = gr.Dataframe(
             value=pd.DataFrame(columns=COLUMNS), headers=COLUMNS, interactive=False,
             elem_id="status-table", wrap=True,
         )
-    return {"summary": summary, "table": table}
+        with gr.Row():
+            target = gr.Dropdown([], label="Container", allow_custom_value=True, elem_id="control-target", scale=3)
+            start_b = gr.Button("Start", elem_id="control-start", scale=1)
+            stop_b = gr.Button("Stop", elem_id="control-stop", scale=1)
+            restart_b = gr.Button("Restart", elem_id="control-restart", scale=1)
+        with gr.Row():
+            confirm_text = gr.Markdown(visible=False, elem_id="control-confirm-text")
+            confirm_b = gr.Button("Yes, do it", variant="stop", visible=False, elem_id="control-confirm")
+            cancel_b = gr.Button("No", visible=False, elem_id="control-dismiss")
+        control_result = gr.Markdown("", elem_id="control-result")
+        pending = gr.State("")
+
+        gr.Markdown("### Logs")
+        with gr.Row():
+            service = gr.Dropdown([ALL], value=ALL, label="Service", allow_custom_value=True, elem_id="log-service")
+            tail = gr.Dropdown(TAIL_CHOICES, value=200, label="Last lines", allow_custom_value=True, elem_id="log-tail")
+            pattern = gr.Textbox(label="Filter (Enter to apply)", elem_id="log-filter")
+            regex = gr.Checkbox(False, label="Regex", elem_id="log-regex")
+            timestamps = gr.Checkbox(True, label="Timestamps", elem_id="log-timestamps")
+        with gr.Row():
+            follow_b = gr.Button("Follow", variant="primary", elem_id="log-follow")
+            stop_follow_b = gr.Button("Stop", elem_id="log-stop")
+            download_b = gr.Button("Download visible log", elem_id="log-download")
+        log_state = gr.Markdown("", elem_id="log-state")
+        log_view = gr.Textbox(label="Log", lines=24, max_lines=24, autoscroll=True, elem_id="log-view",
+                              buttons=["copy"])
+        log_file = gr.File(visible=False, label="Log file", elem_id="log-file")
+
+        private = {"api_visibility": "private"}
+        inputs = [service, tail, pattern, regex, timestamps]
+        gr.on([follow_b.click, service.change, tail.change, pattern.submit, regex.change, timestamps.change],
+              follow_ui, inputs, [log_view, log_state], concurrency_limit=None, show_progress="hidden", **private)
+        stop_follow_b.click(stop_follow, None, [log_state], **private)
+        download_b.click(save_log, [log_view], [log_file], **private)
+        hidden_out = gr.Textbox(visible=False)
+        gr.Button(visible=False).click(follow_api, inputs, [hidden_out], api_name="logs", concurrency_limit=None)
+        gr.Button(visible=False).click(control, [target, gr.Textbox(visible=False), gr.Checkbox(visible=False)],
+                                       [hidden_out], api_name="control")
+        for button, action in ((start_b, "start"), (stop_b, "stop"), (restart_b, "restart")):
+            button.click(lambda c, a=action: ask(c, a), [target], [confirm_text, confirm_b, cancel_b, pending],
+                         **private)
+        confirm_b.click(confirmed, [target, pending], [confirm_text, confirm_b, cancel_b, control_result], **private)
+        cancel_b.click(dismiss, None, [confirm_text, confirm_b, cancel_b, control_result], **private)
+    return {"summary": summary, "table": table, "service": service, "target": target}

@@ -1,0 +1,200 @@
+"""Services tab against the real Docker engine: live status, logs, controls, confinement."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from gradio_client import Client
+from playwright.sync_api import expect
+
+CHATTY = ["sh", "-c", 'i=0; while true; do i=$((i+1)); echo "tick $i \033[32mgreen\033[0m"; sleep 0.2; done']
+
+
+def wait_for(predicate, timeout=5.0, step=0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(step)
+    raise AssertionError("condition not met in time")
+
+
+def row(app, service):
+    return app.runtime.monitor.snapshot().by_service(service)
+
+
+def test_status_changes_show_within_two_seconds(app_server, stack):
+    snap = app_server.runtime.monitor.snapshot()
+    assert snap.engine_ok and set(snap.missing()) == set(app_server.runtime.settings.services)
+
+    c = stack.run("ollama")
+    t0 = time.monotonic()
+    wait_for(lambda: (r := row(app_server, "ollama")) and r.state == "running", 2)
+    assert time.monotonic() - t0 < 2
+    assert "ollama" not in app_server.runtime.monitor.snapshot().missing()
+
+    c.stop(timeout=1)
+    t0 = time.monotonic()
+    wait_for(lambda: row(app_server, "ollama").state == "exited", 2)
+    assert time.monotonic() - t0 < 2
+
+    sick = stack.run("tensorboard", healthcheck={"test": ["CMD", "false"], "interval": 500_000_000,
+                                                 "timeout": 500_000_000, "retries": 1, "start_period": 0})
+    wait_for(lambda: row(app_server, "tensorboard").health == "unhealthy", 10)
+    assert "1 unhealthy" in app_server.runtime.monitor.snapshot().summary()
+    sick.remove(force=True)
+    wait_for(lambda: "tensorboard" in app_server.runtime.monitor.snapshot().missing(), 2)
+
+
+def test_restart_count_and_uptime(app_server, stack):
+    stack.run("llamacpp", ["sh", "-c", "sleep 0.3; exit 3"], restart_policy={"Name": "on-failure",
+                                                                            "MaximumRetryCount": 2})
+    wait_for(lambda: (r := row(app_server, "llamacpp")) and r.restarts >= 1, 10)
+    stack.run("ollama")
+    wait_for(lambda: (r := row(app_server, "ollama")) and r.started_at, 2)
+    frame = __import__("app.ui.services_tab", fromlist=["status_frame"]).status_frame(
+        app_server.runtime.monitor.snapshot())
+    ollama = frame[frame.service == "ollama"].iloc[0]
+    assert ollama["uptime"].endswith("s") and ollama["image"].startswith("tunedeck-test/hosttools")
+    assert (frame[frame.service == "caddy"].iloc[0]["state"]) == "missing"
+
+
+def test_follow_filter_reattach_and_cancel(app_server, stack):
+    c = stack.run("ollama", CHATTY)
+    wait_for(lambda: row(app_server, "ollama"), 2)
+    client = Client(app_server.url, verbose=False)
+    try:
+        # tail + follow, ANSI stripped, timestamps on, substring filter
+        job = client.submit("ollama", 3, "tick", False, True, api_name="/logs")
+        batches = []
+        for out in job:
+            batches.append(out)
+            if sum(b.count("\n") + 1 for b in batches if b) >= 8:
+                break
+        job.cancel()
+        text = "\n".join(b for b in batches if b)
+        assert "\x1b" not in text and "green" in text
+        assert text.splitlines()[0][:4].isdigit()  # ISO timestamp first
+        assert len(batches[0].splitlines()) <= 3
+        numbers = [int(line.split("tick ")[1].split()[0]) for line in text.splitlines()]
+        assert numbers == sorted(numbers) and len(set(numbers)) == len(numbers)
+
+        # a bad regex is a clear message, not a crash
+        with pytest.raises(Exception, match="Invalid regular expression"):
+            client.predict("ollama", 10, "tick(", True, True, api_name="/logs")
+        with pytest.raises(Exception, match="Tail must be between 1 and 2000"):
+            client.predict("ollama", -5, "", False, True, api_name="/logs")
+        with pytest.raises(Exception, match="not a service or container of this stack"):
+            client.predict("docker-daemon", 10, "", False, True, api_name="/logs")
+
+        # regex filter, then the container restarts: the follow re-attaches by itself
+        job = client.submit("ollama", 1, r"tick \d*[05] ", True, False, api_name="/logs")
+        seen: list[str] = []
+        restarted = False
+        deadline = time.monotonic() + 30
+        for out in job:
+            seen += [line for line in out.splitlines() if line]
+            if not restarted and len(seen) >= 2:
+                c.restart(timeout=1)
+                restarted = True
+            if restarted and any("following again" in s for s in seen) and \
+                    any(s.startswith("tick 5 ") or s.startswith("tick 10 ") for s in seen[seen.index(
+                        next(s for s in seen if "following again" in s)):]):
+                break
+            assert time.monotonic() < deadline, seen
+        job.cancel()
+        body = [s for s in seen if s.startswith("tick")]
+        assert all(int(s.split()[1]) % 5 == 0 for s in body)
+    finally:
+        client.close()
+
+
+def test_cancel_on_silent_container_releases_connection(app_server, stack):
+    stack.run("tensorboard", ["sleep", "100000"])
+    wait_for(lambda: row(app_server, "tensorboard"), 2)
+    client = Client(app_server.url, verbose=False)
+    job = client.submit("tensorboard", 10, "", False, True, api_name="/logs")
+    wait_for(lambda: app_server.runtime.logs.open_streams() == 1, 5)
+    t0 = time.monotonic()
+    job.cancel()
+    wait_for(lambda: app_server.runtime.logs.open_streams() == 0, 1.0, 0.01)
+    assert time.monotonic() - t0 < 1.0
+    client.close()
+
+
+def test_removed_container_ends_stream_with_message(app_server, stack):
+    c = stack.run("ollama", CHATTY)
+    wait_for(lambda: row(app_server, "ollama"), 2)
+    client = Client(app_server.url, verbose=False)
+    job = client.submit("ollama", 2, "", False, False, api_name="/logs")
+    lines: list[str] = []
+    removed = False
+    for out in job:
+        lines += out.splitlines()
+        if not removed and len(lines) >= 3:
+            c.remove(force=True)
+            removed = True
+    assert any("removed; stream ended" in line for line in lines)
+    assert job.status().success is not False
+    assert app_server.runtime.monitor.snapshot().engine_ok
+    client.close()
+
+
+def test_fanout_shares_one_docker_stream(app_server, stack):
+    stack.run("ollama", CHATTY)
+    wait_for(lambda: row(app_server, "ollama"), 2)
+    client = Client(app_server.url, verbose=False)
+    jobs = [client.submit("ollama", 5, "", False, True, api_name="/logs") for _ in range(5)]
+    wait_for(lambda: all(len(j.outputs()) >= 2 for j in jobs), 10)
+    assert app_server.runtime.logs.open_streams() == 1
+    for j in jobs:
+        j.cancel()
+    wait_for(lambda: app_server.runtime.logs.open_streams() == 0, 3)
+    client.close()
+
+
+def test_control_refuses_containers_outside_the_project(app_server, stack, docker_client):
+    outsider = stack.run("ollama", labelled=False, name=f"{stack.project}-outsider")
+    client = Client(app_server.url, verbose=False)
+    for action in ("stop", "restart", "start"):
+        with pytest.raises(Exception, match="Refused: .* is not a container of project"):
+            client.predict(outsider.name, action, True, api_name="/control")
+    with pytest.raises(Exception, match="Refused"):
+        client.predict(outsider.id, "stop", True, api_name="/control")
+    with pytest.raises(Exception, match="Confirm to stop"):
+        client.predict(outsider.name, "stop", False, api_name="/control")
+    with pytest.raises(Exception, match="Unknown action"):
+        client.predict(outsider.name, "rm -rf", True, api_name="/control")
+    outsider.reload()
+    assert outsider.status == "running"
+    with pytest.raises(Exception, match="not a service or container of this stack"):
+        client.predict(outsider.name, 10, "", False, True, api_name="/logs")
+    client.close()
+
+
+@pytest.mark.browser
+def test_browser_logs_and_restart_with_confirmation(app_server, stack, page):
+    c = stack.run("ollama", CHATTY)
+    started = wait_for(lambda: (r := row(app_server, "ollama")) and r.started_at, 2)
+    page.goto(app_server.url)
+    expect(page.locator("#status-table")).to_contain_text(c.name)
+
+    page.locator("#log-service input").fill("ollama")
+    page.locator("#log-service input").press("Enter")
+    page.locator("#log-follow").click()
+    view = page.locator("#log-view textarea")
+    expect(view).to_have_value(__import__("re").compile(r"tick \d+ green"))
+    first = view.input_value()
+    expect(view).not_to_have_value(first)  # a new line appeared live
+
+    page.locator("#control-target input").fill(c.name)
+    page.locator("#control-target input").press("Enter")
+    page.locator("#control-restart").click()
+    expect(page.locator("#control-confirm-text")).to_contain_text(f"Restart {c.name}?")
+    assert row(app_server, "ollama").started_at == started  # nothing happens before confirming
+    page.locator("#control-confirm").click()
+    expect(page.locator("#control-result")).to_contain_text("restart:")
+    wait_for(lambda: row(app_server, "ollama").started_at not in (None, started), 10)
+    expect(view).to_have_value(__import__("re").compile("following again"), timeout=15_000)
