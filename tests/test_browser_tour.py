@@ -9,7 +9,7 @@ from tests.harness.caddy import running_caddy
 
 pytestmark = pytest.mark.browser
 SHOTS = Path(__file__).parent / "screenshots"
-TABS = ["Services", "Dataset", "Training", "TensorBoard", "Export"]
+TABS = ["Services", "Dataset", "Training", "TensorBoard", "Runs", "Export"]
 
 
 def test_every_tab_through_caddy(app_server, stack, caddy_bin, page):

@@ -7,7 +7,7 @@ import time
 import gradio as gr
 
 from ..runtime import Runtime
-from . import export_tab, services_tab
+from . import export_tab, runs_tab, services_tab
 from .tool_tabs import ToolTab, build_tool_tab, frame_html, request_origin, resolve_url
 
 UPTIME_REFRESH_S = 10  # re-render an unchanged table now and then so uptimes move
@@ -35,9 +35,10 @@ def build_app(runtime: Runtime) -> gr.Blocks:
         gr.Markdown("## TuneDeck — fine-tuning mission control")
         banner = gr.Markdown("", elem_id="engine-banner")
         view = gr.State({})
-        with gr.Tabs(elem_id="tabs"):
+        with gr.Tabs(elem_id="tabs") as tabs:
             services = services_tab.build(runtime)
             frames = [build_tool_tab(tool) for tool in tools]
+            runs = runs_tab.build(runtime)
             export = export_tab.build(runtime)
         outputs = [view, banner, services["summary"], services["table"], services["service"], services["target"],
                    *frames]
@@ -68,6 +69,9 @@ def build_app(runtime: Runtime) -> gr.Blocks:
         demo.load(export["refresh"], [export["run"]], [export["run"], export["runs_table"]],
                   api_visibility="private")
         demo.load(export["history_table"], None, [export["history"]], api_visibility="private")
+        demo.load(runs["refresh"], [runs["select"], runs["state"]], runs["outputs"], api_visibility="private")
+        runs["export_button"].click(runs["export_target"], [runs["select"]], [export["run"], tabs],
+                                    api_visibility="private")
         gr.Timer(1.0).tick(
             render, inputs=[view], outputs=outputs, api_visibility="private",
             concurrency_limit=None, show_progress="hidden",

@@ -1,0 +1,1 @@
+"""Training monitor: runs under saves/, their progress and curves from trainer_log.jsonl."""

@@ -1,0 +1,70 @@
+"""Runs tab: every training run at a glance, live loss/learning-rate curves, compare, export."""
+
+from __future__ import annotations
+
+import gradio as gr
+import pandas as pd
+
+from ..runtime import Runtime
+from ..training.tracker import COLUMNS, RunTracker
+
+REFRESH_S = 2.0
+
+
+def build(runtime: Runtime) -> dict:
+    tracker = RunTracker(runtime.settings.data_dir)
+
+    def training_runs() -> list[dict]:
+        """Every run under saves/ with status and progress (public API: /training_runs)."""
+        return [r.as_dict() for r in tracker.scan()]
+
+    def refresh(selected: list[str] | None, state: dict | None):
+        runs = tracker.scan()
+        names = [r.name for r in runs]
+        selected = [n for n in (selected or []) if n in names]
+        if not selected and names:
+            selected = [names[0]]
+        key = (tuple(r.row().__repr__() for r in runs), tuple(selected),
+               tuple(tracker.points(n) for n in selected))
+        if state and state.get("key") == repr(key):
+            return [gr.skip()] * 5
+        loss, lr = tracker.curves(selected)
+        return (tracker.frame(runs), gr.update(choices=names, value=selected), loss, lr, {"key": repr(key)})
+
+    def replot(selected: list[str] | None):
+        loss, lr = tracker.curves(selected or [])
+        return loss, lr
+
+    def export_target(selected: list[str] | None):
+        """The most recently selected finished run goes to the Export tab's form."""
+        if not selected:
+            raise gr.Error("Select a finished run first.", print_exception=False)
+        by_name = {r.name: r for r in tracker.scan()}
+        chosen = [by_name[n] for n in selected if n in by_name]
+        finished = [r for r in chosen if r.status == "finished"]
+        if not finished:
+            states = ", ".join(f"{r.name} is {r.status}" for r in chosen) or "the selected runs are gone"
+            raise gr.Error(f"Only finished runs can be exported: {states}.", print_exception=False)
+        return gr.update(value=finished[-1].name), gr.Tabs(selected="export")
+
+    with gr.Tab("Runs", id="runs", elem_id="tab-runs"):
+        table = gr.Dataframe(pd.DataFrame(columns=COLUMNS), interactive=False, elem_id="runs-table",
+                             max_height=320, wrap=True)
+        with gr.Row():
+            select = gr.Dropdown([], multiselect=True, label="Runs to plot (several to compare)",
+                                 elem_id="runs-select", scale=4)
+            export_b = gr.Button("Export this run →", elem_id="runs-export", scale=1)
+        with gr.Row():
+            loss_plot = gr.LinePlot(x="step", y="value", color="series", title="Loss", elem_id="runs-loss",
+                                    x_title="step", y_title="loss", height=320)
+            lr_plot = gr.LinePlot(x="step", y="value", color="series", title="Learning rate", elem_id="runs-lr",
+                                  x_title="step", y_title="lr", height=320)
+        state = gr.State({})
+        private = {"api_visibility": "private", "show_progress": "hidden"}
+        outputs = [table, select, loss_plot, lr_plot, state]
+        gr.Timer(REFRESH_S).tick(refresh, [select, state], outputs, concurrency_limit=None, **private)
+        select.input(replot, [select], [loss_plot, lr_plot], **private)
+        hidden = gr.JSON(visible=False)
+        gr.Button(visible=False).click(training_runs, None, [hidden], api_name="training_runs")
+    return {"refresh": refresh, "outputs": outputs, "select": select, "state": state, "export_button": export_b,
+            "export_target": export_target}
