@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 
@@ -17,8 +18,11 @@ def new_project_name() -> str:
 
 
 def remove_leftovers(client: docker.DockerClient) -> None:
-    """Containers left by an earlier, killed test run."""
+    """Containers left by an earlier, killed test run (never those of a session still running)."""
     for c in client.containers.list(all=True, filters={"label": TEST_LABEL}):
+        owner = c.labels.get(TEST_LABEL, "")
+        if owner.isdigit() and os.path.exists(f"/proc/{owner}"):
+            continue
         try:
             c.remove(force=True)
         except docker.errors.APIError:
@@ -34,7 +38,7 @@ class Stack:
 
     def run(self, service: str, command=("sleep", "86400"), *, labelled: bool = True, name: str | None = None,
             wait_running: bool = True, **kwargs):
-        labels = {TEST_LABEL: "1", **kwargs.pop("labels", {})}
+        labels = {TEST_LABEL: str(os.getpid()), **kwargs.pop("labels", {})}
         # No bridge network unless asked: a new veth makes Chromium abort in-flight requests
         # (net::ERR_NETWORK_CHANGED), which would break browser tests at random.
         if "ports" not in kwargs:
