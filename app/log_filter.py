@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Callable
+from functools import lru_cache
+from typing import Callable, NamedTuple
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -16,14 +16,24 @@ class BadFilter(ValueError):
     pass
 
 
-@dataclass(frozen=True)
-class LogLine:
+class LogLine(NamedTuple):
     seq: int
-    ts: float
-    ts_text: str
+    stamp: str          # Docker's RFC 3339 timestamp as sent; parsed only when needed
     service: str
     text: str
     note: bool = False  # TuneDeck's own marker (restart, removal): shown whatever the filter
+
+    @property
+    def ts(self) -> float:
+        return parse_stamp(self.stamp)
+
+    @property
+    def ts_text(self) -> str:
+        """Millisecond ISO time for display."""
+        if len(self.stamp) < 19:
+            return ""
+        frac = self.stamp[20:].rstrip("Z") if self.stamp[19:20] == "." else ""
+        return self.stamp[:19] + "." + frac[:3].ljust(3, "0") + "Z"
 
 
 def shown(line: LogLine, matcher: Callable[[str], bool]) -> bool:
@@ -32,22 +42,34 @@ def shown(line: LogLine, matcher: Callable[[str], bool]) -> bool:
 
 def strip_ansi(text: str) -> str:
     """Remove colour/cursor escape codes and other control characters; never show them raw."""
+    if text.isprintable():  # the common case, checked in C
+        return text
     return _CONTROL.sub("", _ANSI.sub("", text))
 
 
-def split_timestamp(raw: str) -> tuple[float, str, str]:
-    """`2026-11-28T18:00:00.123456789Z text` → (epoch seconds, ISO text, text)."""
-    stamp, sep, text = raw.partition(" ")
-    if not sep or len(stamp) < 20 or stamp[4] != "-" or stamp[10] != "T":
-        return 0.0, "", raw
-    main, _, frac = stamp.rstrip("Z").partition(".")
+@lru_cache(maxsize=4096)
+def _second(stamp: str) -> float | None:
     try:
-        dt = datetime.strptime(main[:19], "%Y-%m-%dT%H:%M:%S").replace(tzinfo=timezone.utc)
+        return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=timezone.utc).timestamp()
     except ValueError:
-        return 0.0, "", raw
-    digits = "".join(ch for ch in frac if ch.isdigit())[:9]
-    ts = dt.timestamp() + (int(digits.ljust(9, "0")) / 1e9 if digits else 0.0)
-    return ts, f"{main[:19]}.{digits[:3].ljust(3, '0')}Z", text
+        return None
+
+
+def parse_stamp(stamp: str) -> float:
+    """Epoch seconds of `2026-11-28T18:00:00.123456789Z` (0.0 when absent); seconds are cached."""
+    base = _second(stamp[:19]) if len(stamp) >= 19 else None
+    if base is None:
+        return 0.0
+    frac = stamp[20:].rstrip("Z")[:9] if stamp[19:20] == "." else ""
+    return base + (int(frac) / 10 ** len(frac) if frac.isdigit() else 0.0)
+
+
+def split_stamp(raw: str) -> tuple[str, str]:
+    """`2026-11-28T18:00:00.123456789Z text` → (stamp, text); the hot path, so no parsing here."""
+    sep = raw.find(" ")
+    if sep >= 19 and raw[10:11] == "T" and raw[4:5] == "-":
+        return raw[:sep], raw[sep + 1:]
+    return "", raw
 
 
 def make_matcher(pattern: str, regex: bool) -> Callable[[str], bool]:
@@ -68,6 +90,13 @@ def make_matcher(pattern: str, regex: bool) -> Callable[[str], bool]:
         return lambda line: compiled.search(line) is not None
     needle = pattern.lower()
     return lambda line: needle in line.lower()
+
+
+def render_lines(lines: list[LogLine], *, timestamps: bool, with_service: bool) -> list[str]:
+    """Render a batch; the plain case (one service, no timestamps) costs nothing per line."""
+    if not timestamps and not with_service:
+        return [line.text for line in lines]
+    return [render_line(line, timestamps=timestamps, with_service=with_service) for line in lines]
 
 
 def render_line(line: LogLine, *, timestamps: bool, with_service: bool) -> str:

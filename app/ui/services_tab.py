@@ -13,7 +13,7 @@ import gradio as gr
 import pandas as pd
 
 from ..docker_gateway import EngineUnavailable, NotInProject
-from ..log_filter import BadFilter, make_matcher, render_line, shown
+from ..log_filter import BadFilter, make_matcher, render_line, render_lines, shown
 from ..log_hub import Follower
 from ..runtime import Runtime
 from ..status_monitor import COLUMNS, Snapshot, format_duration
@@ -140,13 +140,14 @@ def build(runtime: Runtime) -> dict:
         follower = Follower(runtime.logs, targets)
         try:
             first = await asyncio.to_thread(follower.initial, n)
-            yield "\n".join(render_line(l, timestamps=timestamps, with_service=with_service)
-                            for l in first if shown(l, matcher))
+            keep = (lambda batch: batch) if not (pattern or "") else \
+                (lambda batch: [l for l in batch if shown(l, matcher)])
+            yield "\n".join(render_lines(keep(first), timestamps=timestamps, with_service=with_service))
             while True:
                 await asyncio.sleep(POLL_S)
-                new = [l for l in follower.poll() if shown(l, matcher)]
+                new = keep(follower.poll())
                 if new:
-                    yield "\n".join(render_line(l, timestamps=timestamps, with_service=with_service) for l in new)
+                    yield "\n".join(render_lines(new, timestamps=timestamps, with_service=with_service))
                 if follower.ended:
                     return
         finally:
