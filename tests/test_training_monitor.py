@@ -83,12 +83,13 @@ def test_reader_handles_torn_lines_empty_file_and_nan(tmp_path):
         f.write(line2[17:] + "\n" + "{not json}\n")
     new = reader.read_new()
     assert [r["current_steps"] for r in new] == [2] and math.isnan(new[0]["loss"])
-    assert reader.offset > offset and len(reader.records) == 2
+    assert reader.offset > offset and reader.count == 2
+    assert reader.series["loss"] == ([1], [3.0])  # the NaN loss is not a point
     assert reader.read_new() == []            # nothing new, nothing re-read
 
     log.write_text(json.dumps(record(1, 5)) + "\n")  # a new run rewrote the file
     assert [r["current_steps"] for r in reader.read_new()] == [1]
-    assert len(reader.records) == 1
+    assert reader.count == 1 and reader.last["total_steps"] == 5
 
 
 def test_reader_reads_only_new_bytes(tmp_path):

@@ -35,11 +35,3 @@ def derive_status(*, last: dict | None, has_results: bool, log_age_s: float | No
 
 def finite(value) -> float | None:
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
-
-
-def last_finite(records: list[dict], key: str) -> float | None:
-    for r in reversed(records):
-        v = finite(r.get(key))
-        if v is not None:
-            return v
-    return None

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from .status import derive_status, finite, last_finite
+from .status import derive_status, finite
 from .trainer_log import TrainerLogReader
 
 RUN_MARKERS = ("trainer_log.jsonl", "training_args.yaml", "adapter_config.json", "running_log.txt")
@@ -116,8 +116,7 @@ class RunTracker:
             for path in discover_training_dirs(self.saves):
                 reader = self._reader(path)
                 reader.read_new()
-                recs = reader.records
-                last = recs[-1] if recs else None
+                last = reader.last
                 log = path / "trainer_log.jsonl"
                 try:
                     age_source = log if log.exists() else path / "running_log.txt"
@@ -140,10 +139,10 @@ class RunTracker:
                     progress=100.0 if status == "finished" else progress,
                     steps=f"{cur}/{total}" if last else "",
                     epoch=finite((last or {}).get("epoch")),
-                    last_loss=last_finite(recs, "loss"),
+                    last_loss=reader.latest.get("loss"),
                     elapsed=str((last or {}).get("elapsed_time", "")),
                     remaining="" if status != "running" else str((last or {}).get("remaining_time", "")),
-                    throughput=last_finite(recs, "throughput"),
+                    throughput=reader.latest.get("throughput"),
                     updated=mtime,
                 ))
             known = {r.path for r in runs}
@@ -164,19 +163,15 @@ class RunTracker:
                 reader = self._readers.get(str(self.saves / name))
                 if reader is None:
                     continue
-                recs = reader.records
-                steps = [r.get("current_steps") for r in recs]
                 for key in ("loss", "eval_loss"):
-                    pts = [(s, finite(r.get(key))) for s, r in zip(steps, recs) if key in r]
-                    pts = [(s, v) for s, v in pts if v is not None and s is not None]
-                    if pts:
-                        df = pd.DataFrame(pts, columns=["step", "value"])
+                    steps, values = reader.series[key]
+                    if steps:
+                        df = pd.DataFrame({"step": steps, "value": values})
                         df["series"] = f"{name} · {key}"
                         loss_parts.append(decimate(df))
-                pts = [(s, finite(r.get("lr"))) for s, r in zip(steps, recs)]
-                pts = [(s, v) for s, v in pts if v is not None and s is not None]
-                if pts:
-                    df = pd.DataFrame(pts, columns=["step", "value"])
+                steps, values = reader.series["lr"]
+                if steps:
+                    df = pd.DataFrame({"step": steps, "value": values})
                     df["series"] = name
                     lr_parts.append(decimate(df))
         empty = pd.DataFrame({"step": pd.Series(dtype=float), "value": pd.Series(dtype=float),
@@ -187,4 +182,4 @@ class RunTracker:
 
     def points(self, name: str) -> int:
         reader = self._readers.get(str(self.saves / name))
-        return len(reader.records) if reader else 0
+        return reader.count if reader else 0

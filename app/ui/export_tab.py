@@ -117,7 +117,7 @@ def build(runtime: Runtime) -> dict:
                     yield job.log_text(), summary
                 if finished:
                     return
-                await asyncio.sleep(0.2)
+                await asyncio.sleep(0.1)
         finally:
             if not job.finished:
                 runtime.exports.cancel(job.id)
