@@ -7,7 +7,7 @@ Every knob of TuneDeck is one `EnvVar` in `ENV_VARS`; `Settings.from_env()` read
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
@@ -85,7 +85,7 @@ class Settings:
     port: int
     root_path: str
     share: bool
-    auth: str
+    auth: str = field(repr=False)  # a secret: never in logs or reprs
     docker_host: str
     project: str
     services: tuple[str, ...]

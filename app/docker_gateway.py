@@ -187,10 +187,6 @@ class DockerGateway:
             lambda api: api.events(decode=True, filters={"type": "container", **self._project_filter()})
         )
 
-    def stats(self, container: str):
-        self._checked(container)
-        return self._call(lambda api: api.stats(container, stream=True, decode=True))
-
     # -- control ----------------------------------------------------------------------
     def start(self, container: str) -> None:
         self._checked(container)
@@ -220,6 +216,11 @@ class DockerGateway:
         )["Id"]
         stream = self._call(lambda api: api.exec_start(exec_id, stream=True, demux=True))
         return ExecHandle(self, container, exec_id, stream)
+
+    def kill_tool(self, container: str, pid: int) -> None:
+        """Stop a tool left running by a previous app process (its PID was recorded at start)."""
+        self._checked(container)
+        self._kill_pid(container, pid, "KILL")
 
     def _kill_pid(self, container: str, pid: int, signal: str) -> None:
         argv = ["kill", f"-{signal}", str(int(pid))]

@@ -36,6 +36,10 @@ class Runtime:
 
     def start(self) -> "Runtime":
         self.monitor.start()
+        try:
+            self.exports  # recover after a crash now: interrupted jobs, half-written files
+        except DataDirUnavailable:
+            pass  # the Export tab says so
         return self
 
     @property

@@ -10,11 +10,10 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Callable
 
 from .docker_gateway import SERVICE_LABEL, DockerGateway, EngineUnavailable
 
-COLUMNS = ["service", "container", "state", "health", "uptime", "restarts", "image", "ports", "cpu %", "memory"]
+COLUMNS = ["service", "container", "state", "health", "uptime", "restarts", "image", "ports"]
 _REINSPECT_ACTIONS = {
     "create", "start", "restart", "die", "stop", "kill", "pause", "unpause", "oom", "rename", "update",
     "destroy", "health_status",
@@ -129,7 +128,6 @@ class StatusMonitor:
         self._stop = threading.Event()
         self._events_stream = None
         self._thread: threading.Thread | None = None
-        self.stats_source: Callable[[str], tuple[str, str]] | None = None
 
     # -- public -----------------------------------------------------------------------
     def start(self) -> "StatusMonitor":

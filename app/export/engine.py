@@ -140,6 +140,13 @@ class ExportManager:
         if not self._try_lock():
             return  # another process is exporting right now
         try:
+            for job in self.history.running():
+                tool = (job["result"] or {}).get("tool") or {}
+                if tool.get("container") and tool.get("pid"):
+                    try:
+                        self.gateway.kill_tool(tool["container"], int(tool["pid"]))
+                    except Exception:  # noqa: BLE001 - the container may be gone already
+                        pass
             self.history.mark_interrupted()
             for p in self.exports_dir.glob("*/*.partial"):
                 shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
@@ -326,7 +333,13 @@ class ExportManager:
             if job.cancel_event.is_set():
                 handle.kill()
             last = ""
+            recorded = False
             for _channel, line in handle.lines():
+                if not recorded and handle.pid:
+                    # so a restarted app can stop this tool if this process dies
+                    self.history.update(job.id, result={**job.result, "tool": {"container": handle.container,
+                                                                              "pid": handle.pid}})
+                    recorded = True
                 if line.strip():
                     last = line
                 job.emit(line, label)

@@ -67,6 +67,11 @@ class History:
         with self._lock, self._connect() as db:
             db.execute(f"UPDATE jobs SET {sets} WHERE id = ?", (*fields.values(), job_id))
 
+    def running(self) -> list[dict]:
+        with self._connect() as db:
+            rows = db.execute("SELECT * FROM jobs WHERE status = 'running'").fetchall()
+        return [_decode(r) for r in rows]
+
     def mark_interrupted(self) -> int:
         """Jobs still `running` from a previous process: it died mid-export."""
         with self._lock, self._connect() as db:

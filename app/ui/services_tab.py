@@ -26,20 +26,18 @@ POLL_S = 0.1
 ACTIONS = ("start", "stop", "restart")
 
 
-def status_frame(snapshot: Snapshot, stats: dict[str, tuple[str, str]] | None = None) -> pd.DataFrame:
+def status_frame(snapshot: Snapshot) -> pd.DataFrame:
     """One row per container of the project plus one `missing` row per absent service."""
     now = time.time()
-    stats = stats or {}
     rows = []
     for c in snapshot.containers:
-        cpu, mem = stats.get(c.id, ("", ""))
         rows.append([
             c.service, c.name, c.state, c.health,
             format_duration(now - c.started_at) if c.started_at else "",
-            c.restarts, c.image, c.ports, cpu, mem,
+            c.restarts, c.image, c.ports,
         ])
     for service in snapshot.missing():
-        rows.append([service, "", "missing", "", "", "", "", "", "", ""])
+        rows.append([service, "", "missing", "", "", "", "", ""])
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
@@ -153,6 +151,13 @@ def build(runtime: Runtime) -> dict:
         finally:
             follower.close()
 
+    def status_api() -> dict:
+        """The stack's containers and the engine state (public API: /status)."""
+        snap = runtime.monitor.snapshot()
+        frame = status_frame(snap)
+        return {"engine_ok": snap.engine_ok, "summary": snap.summary(), "missing": snap.missing(),
+                "containers": frame.to_dict(orient="records")}
+
     def stop_follow(request: gr.Request):
         tokens.new(request.session_hash if request else "api")
         return "stopped"
@@ -239,6 +244,8 @@ def build(runtime: Runtime) -> dict:
         download_b.click(save_log, [log_view], [log_file], **private)
         hidden_out = gr.Textbox(visible=False)
         gr.Button(visible=False).click(follow_api, inputs, [hidden_out], api_name="logs", concurrency_limit=None)
+        gr.Button(visible=False).click(status_api, None, [gr.JSON(visible=False)], api_name="status",
+                                       concurrency_limit=None)
         gr.Button(visible=False).click(control, [target, gr.Textbox(visible=False), gr.Checkbox(visible=False)],
                                        [hidden_out], api_name="control")
         for button, action in ((start_b, "start"), (stop_b, "stop"), (restart_b, "restart")):

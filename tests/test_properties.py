@@ -1,0 +1,130 @@
+"""Property-based tests (hypothesis) of the validators and command builders: no generated input
+yields a command that escapes its argv slot or a path outside the data directory."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import yaml
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from app.config import Settings
+from app.docker_gateway import _WRAPPER, ToolCommand
+from app.export import commands
+from app.export.modelfile import create_payload, parse_modelfile
+from app.export.validation import InvalidInput, confine, slug, validate_ollama_name, validate_quant_types
+
+SETTINGS = Settings.from_env({})
+text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=200)
+path_text = st.lists(st.sampled_from(["..", ".", "a", "b", "/", "~", "x y", "ü", "\\", "$(id)", "`id`", ";"]),
+                     max_size=12).map("".join)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(candidate=st.one_of(path_text, text))
+def test_confine_never_returns_a_path_outside(tmp_path, candidate):
+    root = tmp_path.resolve()
+    try:
+        out = confine(root, candidate)
+    except InvalidInput:
+        return
+    assert out == root or root in out.parents
+
+
+def test_confine_refuses_symlinks_out(tmp_path):
+    (tmp_path / "inside").mkdir()
+    (tmp_path / "link").symlink_to("/etc")
+    (tmp_path / "inside" / "up").symlink_to("../..")
+    for bad in ("link", "link/passwd", "inside/up", "inside/up/etc"):
+        try:
+            confine(tmp_path, bad)
+        except InvalidInput as exc:
+            assert "outside the data directory" in str(exc)
+        else:
+            raise AssertionError(f"{bad} escaped")
+    assert confine(tmp_path, "inside") == (tmp_path / "inside").resolve()
+
+
+@given(value=text)
+def test_each_user_value_stays_in_its_own_argv_slot(value):
+    assume("\x00" not in value)
+    merged = Path("/data/exports/x") / value.replace("/", "_")[:50]
+    out = Path("/data/exports/x/out.gguf")
+    cmd = commands.convert_command(SETTINGS, merged, "f16", out)
+    assert cmd.argv.count(str(merged)) >= 1 and str(merged) in cmd.argv
+    assert len(cmd.argv) == 7 and cmd.argv[0] == "python3"
+    q = commands.quantize_command(SETTINGS, out, out, "Q4_K_M")
+    assert len(q.argv) == 4
+    # the wrapper never interpolates arguments into its script: they only travel as "$@"
+    assert '"$@"' in _WRAPPER and "{" not in _WRAPPER
+
+
+@given(template=st.text(min_size=1, max_size=40), base=text, adapter=text)
+def test_merge_yaml_round_trips_any_value(template, base, adapter):
+    assume(all("\x00" not in v for v in (template, base, adapter)))
+    doc = yaml.safe_load(commands.merge_yaml(base, adapter, template, "/data/out"))
+    assert doc["model_name_or_path"] == base and doc["adapter_name_or_path"] == adapter
+    assert doc["template"] == template and doc["export_dir"] == "/data/out"
+    assert set(doc) == {"model_name_or_path", "adapter_name_or_path", "template", "finetuning_type",
+                        "trust_remote_code", "export_dir", "export_size", "export_device", "export_legacy_format"}
+
+
+@given(argv=st.lists(text, min_size=1, max_size=5))
+def test_tool_command_refuses_nul(argv):
+    if any("\x00" in a for a in argv):
+        try:
+            ToolCommand("llamacpp", tuple(argv))
+        except ValueError:
+            return
+        raise AssertionError("NUL accepted")
+    assert ToolCommand("llamacpp", tuple(argv)).argv == tuple(argv)
+
+
+@given(name=text)
+def test_valid_ollama_names_are_safe(name):
+    try:
+        ok = validate_ollama_name(name)
+    except InvalidInput:
+        return
+    assert all(c.isascii() and (c.isalnum() or c in "_.-:/") for c in ok)
+    assert not ok.startswith(("-", ".", ":", "/")) and ".." not in ok and " " not in ok
+
+
+@given(types=st.lists(text, max_size=8))
+def test_quant_types_are_from_the_list_or_refused(types):
+    from app.export.validation import QUANT_TYPES
+
+    try:
+        out = validate_quant_types(types, "f16")
+    except InvalidInput:
+        return
+    assert set(out) <= set(QUANT_TYPES)
+
+
+@given(value=text)
+def test_slug_is_filesystem_safe(value):
+    s = slug(value)
+    assert s and "/" not in s and s not in (".", "..") and len(s) <= 48
+    assert os.path.basename(s) == s
+
+
+@given(system=text, stop=st.lists(st.text(min_size=1, max_size=10), max_size=3))
+def test_create_payload_carries_system_and_stops_verbatim(system, stop):
+    modelfile = {"template": "{{ .Prompt }}", "system": "default", "parameters": {"stop": stop}}
+    payload = create_payload("m", "sha256:" + "0" * 64, modelfile, system)
+    assert payload["system"] == (system or "default")
+    assert payload.get("parameters", {}).get("stop", []) == stop
+
+
+def test_modelfile_parser_reads_llamafactory_output():
+    text = ('# ollama modelfile auto-generated by llamafactory\n\nFROM .\n\n'
+            'TEMPLATE """{{ if .System }}System: {{ .System }}</s>\n{{ end }}{{ range .Messages }}'
+            '{{ if eq .Role "user" }}Human: {{ .Content }}</s>\nAssistant:{{ end }}{{ end }}"""\n\n'
+            'SYSTEM """You are "helpful".\nReally."""\n\nPARAMETER stop "</s>"\nPARAMETER stop "<|im_end|>"\n'
+            'PARAMETER num_ctx 4096\n')
+    parsed = parse_modelfile(text)
+    assert parsed["template"].startswith("{{ if .System }}System:") and parsed["template"].endswith("{{ end }}")
+    assert parsed["system"] == 'You are "helpful".\nReally.'
+    assert parsed["parameters"] == {"stop": ["</s>", "<|im_end|>"], "num_ctx": 4096}

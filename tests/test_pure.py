@@ -1,0 +1,122 @@
+"""Pure functions, no Docker: log parsing, status formatting, URLs, run discovery, planning, auth."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import pytest
+
+from app.auth import AuthConfigError, make_checker, parse_credentials
+from app.export.plan import build_request, make_plan, partial
+from app.export.preflight import adapter_mismatch, quantized_base_problem
+from app.export.runs import discover_runs, last_loss
+from app.export.validation import InvalidInput
+from app.log_filter import BadFilter, LogLine, make_matcher, parse_stamp, render_line, split_stamp, strip_ansi
+from app.status_monitor import Snapshot, container_info, format_duration, format_ports
+from app.ui.tool_tabs import ToolTab, frame_html, request_origin, resolve_url
+
+
+def test_log_stamp_and_ansi():
+    stamp, text = split_stamp("2026-11-28T18:00:00.123456789Z hello world")
+    assert stamp.startswith("2026-11-28T18:00:00.12") and text == "hello world"
+    assert parse_stamp(stamp) == pytest.approx(1795888800.123456789)
+    assert split_stamp("no stamp here") == ("", "no stamp here")
+    assert strip_ansi("\x1b[1;31mred\x1b[0m \x1b]0;title\x07ok\x08") == "red ok"
+    line = LogLine(1, stamp, "ollama", "hi")
+    assert render_line(line, timestamps=True, with_service=True) == "2026-11-28T18:00:00.123Z         ollama | hi"
+    assert render_line(line, timestamps=False, with_service=False) == "hi"
+
+
+def test_filters():
+    assert make_matcher("ERR", False)("an err here")
+    assert not make_matcher("ERR", False)("fine")
+    assert make_matcher(r"step \d+", True)("step 12")
+    with pytest.raises(BadFilter, match="Invalid regular expression"):
+        make_matcher("(", True)
+
+
+def test_status_formatting():
+    assert format_duration(59) == "59s" and format_duration(61) == "1m 1s" and format_duration(7200) == "2h 0m"
+    assert format_duration(90000) == "1d 1h"
+    ports = [{"IP": "0.0.0.0", "PrivatePort": 80, "PublicPort": 8080, "Type": "tcp"},
+             {"IP": "::", "PrivatePort": 80, "PublicPort": 8080, "Type": "tcp"}, {"PrivatePort": 9000}]
+    assert format_ports(ports) == "8080->80/tcp"
+    row = {"Id": "abc", "Names": ["/p-ollama-1"], "State": "running", "Image": "ollama/ollama:0.13.0",
+           "Labels": {"com.docker.compose.service": "ollama"}}
+    info = container_info(row, {"State": {"Health": {"Status": "unhealthy"}, "StartedAt": "2026-11-28T18:00:00.5Z"},
+                                "RestartCount": 3})
+    assert (info.service, info.health, info.restarts, info.name) == ("ollama", "unhealthy", 3, "p-ollama-1")
+    snap = Snapshot(True, "ok", (info,), ("ollama", "caddy"), 1)
+    assert snap.missing() == ["caddy"] and "1 unhealthy · 1 missing" in snap.summary()
+    down = Snapshot(False, "Docker engine not reachable at unix:///x.sock", (), ("ollama",), 2)
+    assert "not reachable" in down.summary()
+
+
+def test_iframe_urls_follow_the_browser_address():
+    origin = request_origin({"Host": "gpu-box:8080"})
+    assert origin == {"scheme": "http", "host": "gpu-box:8080", "hostname": "gpu-box"}
+    proxied = request_origin({"host": "app:7860", "X-Forwarded-Host": "tune.example.com", "X-Forwarded-Proto": "https"})
+    assert resolve_url("{scheme}://{hostname}:1717/", proxied) == "https://tune.example.com:1717/"
+    assert request_origin({"host": "[::1]:8080"})["hostname"] == "[::1]"
+    tool = ToolTab("dataset", "Dataset", "easy-dataset", "")
+    snap = Snapshot(True, "ok", (), ("easy-dataset",), 1)
+    html = frame_html(tool, 'http://x/"><script>', snap)
+    assert "<script>" not in html and "has no container" in html
+
+
+def test_credentials(tmp_path):
+    assert parse_credentials("a:b, c:d:e") == {"a": "b", "c": "d:e"}
+    f = tmp_path / "creds"
+    f.write_text("# users\nalice:pw1\nbob:pw2\n")
+    assert parse_credentials(str(f)) == {"alice": "pw1", "bob": "pw2"}
+    with pytest.raises(AuthConfigError):
+        parse_credentials("nocolon")
+    check = make_checker({"alice": "pw1"})
+    assert check("alice", "pw1") and not check("alice", "x") and not check("eve", "pw1")
+
+
+def _run(data: Path, name: str, loss: float, base: str) -> Path:
+    run = data / "saves" / name
+    run.mkdir(parents=True)
+    (run / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": base}))
+    header = json.dumps({"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight":
+                         {"dtype": "F32", "shape": [8, 256], "data_offsets": [0, 0]}}).encode()
+    (run / "adapter_model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header)
+    (run / "trainer_log.jsonl").write_text(json.dumps({"loss": loss}) + "\n" + '{"loss": NaN}\n{"torn":')
+    return run
+
+
+def test_run_discovery_and_plan(tmp_path):
+    data = tmp_path
+    (data / "models" / "base").mkdir(parents=True)
+    (data / "models" / "base" / "config.json").write_text(json.dumps({"hidden_size": 256, "vocab_size": 1000}))
+    _run(data, "m/lora/old", 1.5, str(data / "models" / "base"))
+    new = _run(data, "m/lora/new", 0.5, str(data / "models" / "base"))
+    (new / "checkpoint-10").mkdir()
+    (new / "checkpoint-10" / "adapter_config.json").write_text("{}")
+    runs = discover_runs(data)
+    assert {r.name for r in runs} == {"m/lora/old", "m/lora/new"}  # checkpoints are not runs
+    assert last_loss(new / "trainer_log.jsonl") == 0.5
+
+    req = build_request(data, run="m/lora/new", template="default", quant_types=["Q4_K_M", "Q8_0"], ollama_name="m")
+    plan = make_plan(data, req)
+    assert [t.name for t in plan.targets] == ["m:q4_k_m", "m:q8_0"]
+    assert plan.workdir.parent == (data / "exports").resolve()
+    assert partial(plan.gguf).name.endswith(".gguf.partial")
+    same = make_plan(data, build_request(data, run="m/lora/new", template="default", ollama_name="other"))
+    assert same.keys["merge"] == plan.keys["merge"]  # only real inputs decide reuse
+    other = make_plan(data, build_request(data, run="m/lora/new", template="chatml", ollama_name="m"))
+    assert other.keys["merge"] != plan.keys["merge"]
+    with pytest.raises(InvalidInput, match="outside"):
+        build_request(data, run="m/lora/new", base_model="/etc", template="default")
+
+
+def test_preflight_checks_are_one_sentence(tmp_path):
+    run = _run(tmp_path, "r", 1.0, "/b")
+    assert adapter_mismatch(run, {"hidden_size": 256}) is None
+    assert "hidden size 256, the base has 512" in adapter_mismatch(run, {"hidden_size": 512})
+    msg = quantized_base_problem({"quantization_config": {"quant_method": "bitsandbytes", "load_in_8bit": True}})
+    assert "quantized (bitsandbytes 8-bit)" in msg and msg.count(".") == 1
+    assert quantized_base_problem({}) is None
