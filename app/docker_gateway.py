@@ -12,7 +12,7 @@ import os
 import re
 import threading
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import docker
 import requests
@@ -321,8 +321,10 @@ class ExecHandle:
         self.pid: int | None = None
         self._pid_ready = threading.Event()
 
-    def lines(self) -> Iterator[tuple[str, str]]:
-        """Yield (channel, line) as the tool prints them; progress bars (\\r) become lines."""
+    def lines(self, on_pid: Callable[[int], None] | None = None) -> Iterator[tuple[str, str]]:
+        """Yield (channel, line) as the tool prints them; progress bars (\\r) become lines.
+
+        `on_pid` is called with the tool's PID as soon as the wrapper reports it."""
         buffers = {"stdout": "", "stderr": ""}
         try:
             for out, err in self._stream:
@@ -335,6 +337,8 @@ class ExecHandle:
                         if channel == "stdout" and self.pid is None and line.startswith(PID_MARKER):
                             self.pid = int(line[len(PID_MARKER):])
                             self._pid_ready.set()
+                            if on_pid:
+                                on_pid(self.pid)
                             continue
                         yield channel, line
         finally:

@@ -95,7 +95,7 @@ class LogStream:
                                        follow=True, timestamps=True)
                 self.opened += 1
                 if not first:
-                    self.note(f"{self.service} restarted; following again")
+                    self.note(f"{self.service} is back; following again")
                 first = False
                 buffer = ""
                 for chunk in self._stream:

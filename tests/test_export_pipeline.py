@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 from gradio_client import Client
 
@@ -255,3 +256,109 @@ def test_preflight_refusals_change_nothing(env, case):
     assert status["status"] == "failed" and status["stage"] == "preflight"
     assert expected in status["error"]
     assert files_under(data) == before
+
+
+# -- the README's API script, against the running app -------------------------------------------
+def test_readme_api_script_runs(env, tmp_path):
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    script = readme.split("<!-- api-example -->", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    path = tmp_path / "export_client.py"
+    path.write_text(script)
+    import os
+    import subprocess
+
+    out = subprocess.run([sys.executable, str(path)], capture_output=True, text=True, timeout=400,
+                         env={**os.environ, "TUNEDECK_URL": env["app"].url})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "succeeded ['my-model']" in out.stdout
+    assert "   verify 100%" in out.stdout or "verify" in out.stdout
+
+
+# -- faults -----------------------------------------------------------------------------------------
+def _final(seen):
+    return seen[-1][1], seen[-1][2]
+
+
+def test_ollama_error_line_mid_stream_fails_cleanly_and_is_retryable(env):
+    env["ollama"].fail_next(create="no space left on device (injected)")
+    log, status = _final(stream_export(env["app"].url, export_args(env["run"], name="tiny-retry"))[0])
+    assert status["status"] == "failed" and status["stage"] == "load"
+    assert "Ollama /api/create failed: no space left on device (injected)" in status["error"]
+    assert "tiny-retry:latest" not in [m["name"] for m in httpx.get(env["ollama"].url + "/api/tags").json()["models"]]
+    log, status = _final(stream_export(env["app"].url, export_args(env["run"], name="tiny-retry"))[0])
+    assert status["status"] == "succeeded", log[-2000:]
+    assert status["stages"]["merge"] == "reused"
+
+
+def test_upload_dropped_midway_fails_cleanly_and_is_retryable(env):
+    env["ollama"].fail_next(upload_drop_after=200_000)
+    args = export_args(env["run"], dtype="q8_0", quants=(), name="tiny-q8")
+    log, status = _final(stream_export(env["app"].url, args)[0])
+    assert status["status"] == "failed" and status["stage"] == "load", log[-2000:]
+    assert "interrupted" in status["error"] or "dropped" in status["error"]
+    log, status = _final(stream_export(env["app"].url, args)[0])
+    assert status["status"] == "succeeded", log[-2000:]
+    assert status["stages"]["convert"] == "reused"  # the finished GGUF was kept for the retry
+
+
+def test_tool_container_killed_mid_merge(env):
+    client = Client(env["app"].url, verbose=False)
+    job = client.submit(*export_args(env["run"], template="vicuna", name="tiny-killed"), api_name="/export")
+    killed = False
+    status = None
+    for log, status in job:
+        if not killed and "[merge] $ llamafactory-cli" in (log or ""):
+            time.sleep(1.5)
+            env["llamafactory"].kill()
+            killed = True
+    client.close()
+    try:
+        assert killed and status["status"] == "failed" and status["stage"] == "merge"
+        assert "container" in status["error"], status["error"]
+        assert not list(env["data"].rglob("*.partial"))
+        row = env["app"].runtime.exports.history.get(status["job_id"])
+        assert row["status"] == "failed" and row["error"] == status["error"]
+    finally:
+        env["llamafactory"].start()
+
+
+def test_app_killed_mid_export_then_restarted(env):
+    import os
+    import signal
+    import subprocess
+
+    from tests.harness.parts import free_port, wait_for_port
+
+    s = env["settings"]
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app"], cwd=Path(__file__).resolve().parents[1], stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "TUNEDECK_PORT": str(port), "TUNEDECK_PROJECT": s.project,
+             "TUNEDECK_DATA_DIR": str(s.data_dir), "TUNEDECK_OLLAMA_URL": s.ollama_url,
+             "GRADIO_ANALYTICS_ENABLED": "False"})
+    try:
+        assert wait_for_port(port, 60)
+        client = Client(f"http://127.0.0.1:{port}", verbose=False)
+        job = client.submit(*export_args(env["run"], template="zephyr", name="tiny-crash"), api_name="/export")
+        job_id = None
+        for log, status in job:
+            job_id = status["job_id"]
+            if "[merge] $ llamafactory-cli" in (log or ""):
+                time.sleep(2)
+                os.kill(proc.pid, signal.SIGKILL)
+                break
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    # the app died: the row is still "running", the tool may still run in its container
+    with running_app(s) as app:
+        row = app.runtime.exports.history.get(job_id)
+        assert row["status"] == "interrupted" and "stopped while this export was running" in row["error"]
+        assert not list(env["data"].rglob("*.partial"))
+        time.sleep(0.5)
+        ps = env["llamafactory"].exec_run(["ps", "-o", "args"]).output.decode()
+        assert "llamafactory-cli" not in ps, ps
+        seen, _ = stream_export(app.url, export_args(env["run"], quants=(), name="tiny-after-crash"))
+        assert seen[-1][2]["status"] == "succeeded"

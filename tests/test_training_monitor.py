@@ -205,6 +205,7 @@ def test_browser_sees_new_points_and_exports_a_finished_run(app_server, data_dir
         assert line.get_attribute("d").count("L") > before.count("L"), "no new point on the loss chart"
     finally:
         trainer.stop()
+    page.screenshot(path=str(Path(__file__).parent / "screenshots" / "runs-tab.png"))
 
     page.locator("#runs-select input").click()
     page.locator("#runs-select input").fill("tiny/lora/finished")

@@ -333,13 +333,13 @@ class ExportManager:
             if job.cancel_event.is_set():
                 handle.kill()
             last = ""
-            recorded = False
-            for _channel, line in handle.lines():
-                if not recorded and handle.pid:
-                    # so a restarted app can stop this tool if this process dies
-                    self.history.update(job.id, result={**job.result, "tool": {"container": handle.container,
-                                                                              "pid": handle.pid}})
-                    recorded = True
+
+            def record(pid: int) -> None:
+                """So a restarted app can stop this tool if this process dies."""
+                self.history.update(job.id, result={**job.result, "tool": {"container": handle.container,
+                                                                          "pid": pid}})
+
+            for _channel, line in handle.lines(on_pid=record):
                 if line.strip():
                     last = line
                 job.emit(line, label)
@@ -348,6 +348,13 @@ class ExportManager:
             code = handle.exit_code()
         finally:
             job._exec = None
+        if code is None or code == 137:  # killed: by us, by the OOM killer, or with its container
+            for _ in range(20):
+                try:
+                    self.gateway.running_service_container(command.service)
+                except (ServiceUnavailable, EngineUnavailable) as exc:
+                    raise StageFailed(f"the tool was killed because its container stopped: {exc}") from None
+                time.sleep(0.1)
         if code != 0:
             raise StageFailed(f"{' '.join(command.argv[:2])} exited with code {code}: {last.strip()[:300]}")
 
