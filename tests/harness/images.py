@@ -52,15 +52,20 @@ def _rootfs_tar() -> bytes:
     return buf.getvalue()
 
 
+def _have(client: docker.DockerClient, ref: str) -> bool:
+    try:
+        client.images.get(ref)
+        return True
+    except docker.errors.ImageNotFound:
+        return False
+
+
 def ensure_hosttools_image(client: docker.DockerClient) -> str:
     """Build (once per busybox version) and return the image reference."""
     digest = hashlib.sha256(BUSYBOX.read_bytes() + ",".join(APPLETS).encode()).hexdigest()[:12]
     ref = f"{HOSTTOOLS_IMAGE}:{digest}"
-    try:
-        client.images.get(ref)
+    if _have(client, ref):
         return ref
-    except docker.errors.ImageNotFound:
-        pass
     subprocess.run(
         ["docker", "import", "--change", "CMD [\"/bin/sh\"]", "--change", "ENV PATH=/usr/local/bin:/usr/bin:/bin",
          "-", ref],
@@ -106,11 +111,8 @@ def ensure_python_base_image(client: docker.DockerClient, site_packages: str) ->
     digest = hashlib.sha256((prefix + site_packages).encode() + req.read_bytes() +
                             BUSYBOX.read_bytes()[:4096]).hexdigest()[:12]
     ref = f"{PYBASE_IMAGE}:{digest}"
-    try:
-        client.images.get(ref)
+    if _have(client, ref):
         return ref
-    except docker.errors.ImageNotFound:
-        pass
 
     def skip_prefix(rel: str) -> bool:
         return rel.startswith(("lib/python3.11/test", "lib/python3.11/site-packages/")) or "__pycache__" in rel

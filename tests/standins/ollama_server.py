@@ -229,29 +229,25 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(b"0\r\n\r\n")
         self.wfile.flush()
 
+    def _read(self, size: int):
+        while size:
+            chunk = self.rfile.read(min(size, 1 << 20))
+            if not chunk:
+                return
+            size -= len(chunk)
+            yield chunk
+
     def _iter_body(self):
-        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            while True:
-                size = int(self.rfile.readline().strip().split(b";")[0], 16)
-                if size == 0:
-                    self.rfile.readline()
-                    return
-                remaining = size
-                while remaining:
-                    chunk = self.rfile.read(min(remaining, 1 << 20))
-                    if not chunk:
-                        return
-                    remaining -= len(chunk)
-                    yield chunk
+        if self.headers.get("Transfer-Encoding", "").lower() != "chunked":
+            yield from self._read(int(self.headers.get("Content-Length") or 0))
+            return
+        while True:
+            size = int(self.rfile.readline().strip().split(b";")[0], 16)
+            if size == 0:
                 self.rfile.readline()
-        else:
-            remaining = int(self.headers.get("Content-Length") or 0)
-            while remaining:
-                chunk = self.rfile.read(min(remaining, 1 << 20))
-                if not chunk:
-                    return
-                remaining -= len(chunk)
-                yield chunk
+                return
+            yield from self._read(size)
+            self.rfile.readline()
 
     # -- routes --
     def do_HEAD(self):
