@@ -208,6 +208,9 @@ def test_one_export_at_a_time(env):
         time.sleep(0.1)
     with pytest.raises(Exception, match="already running"):
         client.predict(*export_args(env["run"], name="tiny-two"), api_name="/export")
+    t0 = time.monotonic()
+    assert client.predict(api_name="/status")["engine_ok"]  # the Services tab stays live meanwhile
+    assert time.monotonic() - t0 < 1.0
     first.cancel()
     client.predict(api_name="/cancel_export")
     client.close()
@@ -362,3 +365,43 @@ def test_app_killed_mid_export_then_restarted(env):
         assert "llamafactory-cli" not in ps, ps
         seen, _ = stream_export(app.url, export_args(env["run"], quants=(), name="tiny-after-crash"))
         assert seen[-1][2]["status"] == "succeeded"
+
+
+@pytest.mark.browser
+def test_export_tab_in_the_browser(env, page):
+    import re
+
+    from playwright.sync_api import expect
+
+    page.goto(env["app"].url)
+    page.get_by_role("tab", name="Export").click()
+    expect(page.locator("#export-run input")).to_have_value(env["run"])
+    expect(page.locator("#export-base textarea, #export-base input").first).to_have_value(
+        re.compile(r"/models/tiny-llama$"))
+    page.locator("#export-name textarea, #export-name input").first.fill("tiny-ui")
+    page.locator("#export-start").click()
+    log = page.locator("#export-log textarea")
+    expect(log).to_have_value(re.compile(r"\[preflight\]"))
+    expect(page.locator("#export-progress-bar")).to_have_attribute("data-state", "succeeded", timeout=120_000)
+    expect(log).to_have_value(re.compile(r"\[verify\] done_reason="))
+    expect(page.locator("#export-stages")).to_contain_text("reused")
+    page.screenshot(path=str(Path(__file__).parent / "screenshots" / "export-tab.png"), full_page=True)
+
+    # a second export while idle with a bad name: one clear sentence, nothing starts
+    page.locator("#export-name textarea, #export-name input").first.fill("bad name")
+    page.locator("#export-start").click()
+    expect(page.get_by_text(re.compile("not a valid Ollama model name")).first).to_be_visible()
+
+    # Ollama models: delete asks first
+    page.get_by_text("Ollama models").click()
+    page.locator("#ollama-refresh").click()
+    expect(page.locator("#ollama-models")).to_contain_text("tiny-ui:latest")
+    page.locator("#ollama-delete-name textarea, #ollama-delete-name input").first.fill("tiny-ui")
+    page.locator("#ollama-delete").click()
+    expect(page.locator("#ollama-confirm-text")).to_contain_text("Really delete tiny-ui?")
+    names = [m["name"] for m in httpx.get(env["ollama"].url + "/api/tags").json()["models"]]
+    assert "tiny-ui:latest" in names  # nothing deleted before confirming
+    page.locator("#ollama-confirm").click()
+    expect(page.locator("#ollama-models")).not_to_contain_text("tiny-ui:latest")
+    names = [m["name"] for m in httpx.get(env["ollama"].url + "/api/tags").json()["models"]]
+    assert "tiny-ui:latest" not in names

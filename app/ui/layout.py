@@ -69,6 +69,8 @@ def build_app(runtime: Runtime) -> gr.Blocks:
         demo.load(export["refresh"], [export["run"]], [export["run"], export["runs_table"]],
                   api_visibility="private")
         demo.load(export["history_table"], None, [export["history"]], api_visibility="private")
+        demo.load(export["ollama_models"], None, [export["models"], export["models_info"]],
+                  api_visibility="private")
         demo.load(runs["refresh"], [runs["select"], runs["state"]], runs["outputs"], api_visibility="private")
         runs["export_button"].click(runs["export_target"], [runs["select"]], [export["run"], tabs],
                                     api_visibility="private")
