@@ -4,7 +4,6 @@ nothing on disk or in Docker (table-driven; real engine, real app, no tools need
 from __future__ import annotations
 
 import json
-import os
 import struct
 
 import pytest

@@ -17,7 +17,7 @@ from gradio_client import Client
 from playwright.sync_api import expect
 
 from tests.harness.appserver import running_app, settings_for
-from tests.harness.caddy import ROOT, caddy_binary, running_caddy
+from tests.harness.caddy import ROOT, running_caddy
 from tests.harness.images import ensure_python_base_image, host_mounts
 from tests.harness.parts import free_port, require, wait_for_port
 from tests.harness.toolbox import run_tools_script, tool_env

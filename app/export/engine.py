@@ -7,6 +7,7 @@ thread so a closed browser tab never leaves a tool half-run without cleanup.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -421,9 +422,9 @@ class ExportManager:
         if reused == len(plan.quantized):
             job.stage_status["quantize"] = "reused"
 
-    def _load_key(self, job: ExportJob, digest: str, payload: dict) -> str:
-        import hashlib
-
+    @staticmethod
+    def _load_key(digest: str, payload: dict) -> str:
+        """What makes an Ollama model identical: the GGUF bytes and the create request."""
         return hashlib.sha256(json.dumps({"digest": digest, "payload": payload}, sort_keys=True).encode()).hexdigest()
 
     def _load(self, job: ExportJob, skip: set[str]) -> None:
@@ -449,7 +450,7 @@ class ExportManager:
                 digest = file_digest(target.gguf, should_stop=job.cancel_event.is_set)
                 self._write_stamp(plan, stamp_stage, target.gguf, digest=digest)
             payload = create_payload(target.name, digest, modelfile, req.system_prompt)
-            key = self._load_key(job, digest, payload)
+            key = self._load_key(digest, payload)
             if self.history.last_loaded_key(target.name) == key and self.ollama.exists(target.name):
                 job.emit(f"{target.name}: reused (same GGUF, template and parameters already in Ollama)")
                 loaded[target.name] = key
@@ -460,9 +461,9 @@ class ExportManager:
             else:
                 size = target.gguf.stat().st_size
                 job.emit(f"uploading {target.gguf.name} ({size / 2**20:.1f} MiB)")
-                marks = set()
+                marks: set[int] = set()
 
-                def progress(sent: int, total: int) -> None:
+                def progress(sent: int, total: int, marks: set[int] = marks) -> None:
                     pct = int(100 * sent / max(total, 1)) // 25 * 25
                     if pct not in marks:
                         marks.add(pct)
@@ -477,7 +478,6 @@ class ExportManager:
             for status in self.ollama.create(payload):
                 job.emit(status.get("status", json.dumps(status)))
             loaded[target.name] = key
-            job.result.setdefault("ollama_models", []).append(target.name)
         job.result["loaded"] = loaded
         job.result["ollama_models"] = [t.name for t in plan.targets]
         if reused == len(plan.targets):

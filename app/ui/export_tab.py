@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import html
-import time
 from datetime import datetime
 
 import gradio as gr
