@@ -2,8 +2,8 @@
 by the same tool commands run by hand (docker exec + Ollama HTTP calls), in one run. Target <= 1.05.
 
 Both sides run the same steps: merge (llamafactory-cli export), convert (f16), quantize
-(Q4_K_M), upload + create in Ollama, one verification chat. Each side runs twice
-(the first run warms the page cache); the second is measured.
+(Q4_K_M), upload + create in Ollama, one verification chat. After one warm-up each, the
+two sides alternate three times; the medians are compared.
 Run: python bench/export.py
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import statistics
 import subprocess
 import tempfile
 import time
@@ -86,9 +87,13 @@ def main() -> None:
         with running_app(settings) as app:
             by_hand(data, lf, cpp, ollama.url, run, "warm")
             through_tunedeck(app.url, data, run, "warm")
-            hand = by_hand(data, lf, cpp, ollama.url, run, "run")
-            ours = through_tunedeck(app.url, data, run, "run")
-        report("export", by_hand_s=round(hand, 2), tunedeck_s=round(ours, 2), ratio=round(ours / hand, 3))
+            hands, ours = [], []
+            for i in range(3):
+                hands.append(by_hand(data, lf, cpp, ollama.url, run, f"run{i}"))
+                ours.append(through_tunedeck(app.url, data, run, f"run{i}"))
+        hand, mine = statistics.median(hands), statistics.median(ours)
+        report("export", by_hand_s=round(hand, 2), tunedeck_s=round(mine, 2), ratio=round(mine / hand, 3),
+               samples="/".join(f"{h:.1f}:{o:.1f}" for h, o in zip(hands, ours)))
     finally:
         stack.cleanup()
         shutil.rmtree(data.parent, ignore_errors=True)
