@@ -83,16 +83,6 @@ class ExportJob:
     def finished(self) -> bool:
         return self.done_event.is_set()
 
-    def stage_table(self) -> list[list[str]]:
-        rows = []
-        for stage in STAGES:
-            state = self.stage_status.get(stage, "pending")
-            t = self.stage_times.get(stage)
-            if state == "running":
-                t = time.time() - self.stage_times.get(stage + ":start", time.time())
-            rows.append([stage, state, f"{t:.1f} s" if t is not None else ""])
-        return rows
-
     def summary(self) -> dict:
         return {
             "job_id": self.id, "status": self.status, "stage": self.stage, "progress": round(self.progress, 3),
@@ -235,8 +225,7 @@ class ExportManager:
         job.emit(f"— {stage} —", stage)
         out = fn()
         job.stage_times[stage] = time.time() - start
-        job.stage_status.setdefault(stage, "done")
-        if job.stage_status[stage] == "running":
+        if job.stage_status[stage] == "running":  # a stage may have set "reused" or "skipped"
             job.stage_status[stage] = "done"
         self.history.update(job.id, stages=job.summary()["stage_seconds"], log=job.log_text())
         if job.cancel_event.is_set():
