@@ -102,6 +102,9 @@ def build(runtime: Runtime) -> dict:
         session = request.session_hash if request else "api"
         token = tokens.new(session)
         with_service = len(targets) > 1
+        # Yield before opening any Docker stream: a cancel that lands during a generator's first
+        # step can miss it, and a follow of a silent container would then never end.
+        yield gr.skip(), f"connecting to {choice}…"
         follower = Follower(runtime.logs, targets)
         visible: deque[str] = deque()
         try:
@@ -132,9 +135,11 @@ def build(runtime: Runtime) -> dict:
             follower.close()
 
     async def follow_api(choice: str, tail: float, pattern: str, regex: bool, timestamps: bool):
-        """Follow logs for API clients: each streamed value is the batch of NEW lines (public: /logs)."""
+        """Follow logs for API clients: each streamed value is a batch of NEW lines, the first one
+        empty (public: /logs)."""
         targets, n, matcher = prepare(choice, tail, pattern, regex)
         with_service = len(targets) > 1
+        yield ""  # before any Docker stream opens: see follow_ui
         follower = Follower(runtime.logs, targets)
         try:
             first = await asyncio.to_thread(follower.initial, n)
