@@ -42,7 +42,7 @@ def test_status_changes_show_within_two_seconds(app_server, stack):
 
     sick = stack.run("tensorboard", healthcheck={"test": ["CMD", "false"], "interval": 500_000_000,
                                                  "timeout": 500_000_000, "retries": 1, "start_period": 0})
-    wait_for(lambda: row(app_server, "tensorboard").health == "unhealthy", 10)
+    wait_for(lambda: (r := row(app_server, "tensorboard")) and r.health == "unhealthy", 10)
     assert "1 unhealthy" in app_server.runtime.monitor.snapshot().summary()
     sick.remove(force=True)
     wait_for(lambda: "tensorboard" in app_server.runtime.monitor.snapshot().missing(), 2)

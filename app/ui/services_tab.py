@@ -119,6 +119,7 @@ def build(runtime: Runtime) -> dict:
             yield "\n".join(visible), header
             while tokens.current(session, token):
                 await asyncio.sleep(POLL_S)
+                ended = follower.ended  # read before polling, so the last lines are never missed
                 new = follower.poll()
                 rendered = [render_line(l, timestamps=timestamps, with_service=with_service) for l in new
                             if shown(l, matcher)]
@@ -128,7 +129,7 @@ def build(runtime: Runtime) -> dict:
                         for _ in range(len(visible) - MAX_VISIBLE):
                             visible.popleft()
                     yield "\n".join(visible), header
-                if follower.ended:
+                if ended:
                     yield "\n".join(visible), f"{header} · stream ended"
                     return
         finally:
@@ -148,10 +149,11 @@ def build(runtime: Runtime) -> dict:
             yield "\n".join(render_lines(keep(first), timestamps=timestamps, with_service=with_service))
             while True:
                 await asyncio.sleep(POLL_S)
+                ended = follower.ended  # read before polling, so the last lines are never missed
                 new = keep(follower.poll())
                 if new:
                     yield "\n".join(render_lines(new, timestamps=timestamps, with_service=with_service))
-                if follower.ended:
+                if ended:
                     return
         finally:
             follower.close()
