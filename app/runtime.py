@@ -23,7 +23,6 @@ class Runtime:
     monitor: StatusMonitor
     ollama: OllamaClient
     logs: LogHub
-    _closers: list = field(default_factory=list)
     _exports: object = None
     _exports_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -59,11 +58,6 @@ class Runtime:
                     ) from exc
             return self._exports
 
-    def on_close(self, fn) -> None:
-        self._closers.append(fn)
-
     def close(self) -> None:
-        for fn in reversed(self._closers):
-            fn()
         self.logs.close()
         self.monitor.close()

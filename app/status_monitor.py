@@ -124,7 +124,6 @@ class StatusMonitor:
         self._inspect: dict[str, dict] = {}
         self._snapshot = Snapshot(False, "Connecting to the Docker engine", (), expected, 0)
         self._lock = threading.Lock()
-        self._changed = threading.Condition(self._lock)
         self._stop = threading.Event()
         self._events_stream = None
         self._thread: threading.Thread | None = None
@@ -144,12 +143,6 @@ class StatusMonitor:
 
     def snapshot(self) -> Snapshot:
         with self._lock:
-            return self._snapshot
-
-    def wait_for_change(self, version: int, timeout: float) -> Snapshot:
-        """Block until the snapshot version differs from `version` or the timeout passes."""
-        with self._changed:
-            self._changed.wait_for(lambda: self._snapshot.version != version, timeout=timeout)
             return self._snapshot
 
     def refresh(self, changed_id: str | None = None) -> Snapshot:
@@ -173,12 +166,11 @@ class StatusMonitor:
 
     # -- internals --------------------------------------------------------------------
     def _publish(self, ok: bool, message: str, containers: tuple[ContainerInfo, ...]) -> Snapshot:
-        with self._changed:
+        with self._lock:
             old = self._snapshot
             if ok == old.engine_ok and message == old.message and containers == old.containers:
                 return old
             self._snapshot = Snapshot(ok, message, containers, self.expected, old.version + 1)
-            self._changed.notify_all()
             return self._snapshot
 
     def _close_events(self) -> None:

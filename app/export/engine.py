@@ -221,7 +221,6 @@ class ExportManager:
         job.progress = progress
         job.stage_status[stage] = "running"
         start = time.time()
-        job.stage_times[stage + ":start"] = start
         job.emit(f"— {stage} —", stage)
         out = fn()
         job.stage_times[stage] = time.time() - start
@@ -365,7 +364,6 @@ class ExportManager:
         shutil.rmtree(plan.merged_dir, ignore_errors=True)
         os.replace(out, plan.merged_dir)
         self._write_stamp(plan, "merge", plan.merged_dir)
-        job.result["merged_dir"] = str(plan.merged_dir)
 
     def _convert(self, job: ExportJob, skip: set[str]) -> None:
         plan = job.plan
