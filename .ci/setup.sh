@@ -54,10 +54,10 @@ if [ ! -f "$APP_VENV/.done" ]; then
 fi
 
 # --- llama.cpp (converter + llama-quantize), from the llama-cpp-python sdist --------------
-LLAMA_DIR="$CACHE/llama.cpp-$LLAMA_CPP_PYTHON_VERSION"
+LLAMA_DIR="$CACHE/llama.cpp-$LLAMA_CPP_PYTHON_VERSION-$(echo "$LLAMA_TOOLS" | sha256sum | cut -c1-8)"
 SDIST="llama_cpp_python-$LLAMA_CPP_PYTHON_VERSION"
 if [ ! -f "$LLAMA_DIR/.done" ]; then
-  log "building llama.cpp $LLAMA_CPP_PYTHON_VERSION (llama-quantize, ~4 min on 2 cores)"
+  log "building llama.cpp $LLAMA_CPP_PYTHON_VERSION ($LLAMA_TOOLS; ~6 min on 2 cores)"
   mkdir -p "$CACHE/dl" "$LLAMA_DIR"
   [ -f "$CACHE/dl/$SDIST.tar.gz" ] || pip download -q --no-deps --no-binary :all: \
       "llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION" -d "$CACHE/dl" 2>&1 | quiet_pip
@@ -68,12 +68,13 @@ if [ ! -f "$LLAMA_DIR/.done" ]; then
   cmake -S "$VENDOR" -B "$LLAMA_DIR/build" -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=ON \
     -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
     -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_TOOLS=ON >"$LLAMA_DIR/cmake.log" 2>&1
-  cmake --build "$LLAMA_DIR/build" --target llama-quantize -j"$(nproc)" >>"$LLAMA_DIR/cmake.log" 2>&1 \
+  # shellcheck disable=SC2086
+  cmake --build "$LLAMA_DIR/build" --target $LLAMA_TOOLS -j"$(nproc)" >>"$LLAMA_DIR/cmake.log" 2>&1 \
     || { tail -n 40 "$LLAMA_DIR/cmake.log" >&2; exit 1; }
-  # /app mirrors the official llama.cpp image: converter, gguf-py and llama-quantize.
+  # /app mirrors the official llama.cpp image: converter, gguf-py and the llama-* tools.
   mkdir -p "$LLAMA_DIR/app"
   cp -r "$VENDOR/convert_hf_to_gguf.py" "$VENDOR/conversion" "$VENDOR/gguf-py" "$LLAMA_DIR/app/"
-  cp "$LLAMA_DIR/build/bin/llama-quantize" "$LLAMA_DIR/app/"
+  for tool in $LLAMA_TOOLS; do cp "$LLAMA_DIR/build/bin/$tool" "$LLAMA_DIR/app/"; done
   touch "$LLAMA_DIR/.done"
 fi
 

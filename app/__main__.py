@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import logging
+import signal
 import sys
+import threading
 
-from .auth import AuthConfigError, make_checker, parse_credentials
-from .config import Settings, env_help_text
+from .auth import AuthConfigError, generated_login, make_checker, parse_credentials
+from .config import LOG_LEVELS, ConfigError, Settings, env_help_text
+from .logging_setup import configure
+
+log = logging.getLogger("tunedeck")
+SHUTDOWN_S = 4.0  # a stop (SIGTERM) cancels the running export and exits within Docker's grace period
 
 
 def parse_args(argv: list[str] | None, settings: Settings) -> argparse.Namespace:
@@ -20,9 +27,11 @@ def parse_args(argv: list[str] | None, settings: Settings) -> argparse.Namespace
     parser.add_argument("--host", default=settings.host, help="address to listen on (default: %(default)s)")
     parser.add_argument("--port", type=int, default=settings.port, help="port to listen on (default: %(default)s)")
     parser.add_argument("--share", action="store_true", default=settings.share,
-                        help="create a public Gradio share link (requires TUNEDECK_AUTH)")
+                        help="create a public Gradio share link (needs a login; one is generated if none is set)")
     parser.add_argument("--root-path", default=settings.root_path,
                         help="sub-path when served behind a reverse proxy (default: none)")
+    parser.add_argument("--log-level", default=settings.log_level, choices=LOG_LEVELS,
+                        help="log level (default: %(default)s)")
     return parser.parse_args(argv)
 
 
@@ -35,36 +44,50 @@ def is_local(host: str) -> bool:
         return False
 
 
+def login_for(args: argparse.Namespace, settings: Settings) -> dict[str, str]:
+    """TUNEDECK_AUTH, else (when the dashboard is reachable beyond this machine) the generated login."""
+    creds = parse_credentials(settings.auth)
+    if creds or (is_local(args.host) and not args.share):
+        return creds
+    creds, path, created = generated_login(settings.data_dir)
+    user, password = next(iter(creds.items()))
+    if created:
+        print(f"tunedeck: no TUNEDECK_AUTH is set, so a login was generated and saved in {path} (mode 0600):\n"
+              f"tunedeck:     user: {user}    password: {password}\n"
+              f"tunedeck: it is printed only this once; read it again with `cat {path}` in the app container,\n"
+              f"tunedeck: or set TUNEDECK_AUTH=user:password to choose your own.", file=sys.stderr, flush=True)
+    else:
+        print(f"tunedeck: using the login saved in {path} (user {user}); set TUNEDECK_AUTH to choose another.",
+              file=sys.stderr, flush=True)
+    return creds
+
+
 def main(argv: list[str] | None = None) -> int:
-    settings = Settings.from_env()
-    args = parse_args(argv, settings)
     try:
-        creds = parse_credentials(settings.auth)
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        print(f"tunedeck: {exc}", file=sys.stderr)
+        return 2
+    args = parse_args(argv, settings)
+    configure(args.log_level)
+    try:
+        creds = login_for(args, settings)
     except AuthConfigError as exc:
         print(f"tunedeck: {exc}", file=sys.stderr)
         return 2
-    if args.share and not creds:
-        print(
-            "tunedeck: refusing to create a share link without a login: a share link exposes the "
-            "dashboard (and the Docker socket behind it) to the internet. Set TUNEDECK_AUTH=user:password "
-            "(or the path of a credentials file) and try again.",
-            file=sys.stderr,
-        )
-        return 2
-
-    if not is_local(args.host) and not creds:
-        print(
-            f"tunedeck: refusing to listen on {args.host} without a login: the dashboard controls Docker "
-            "(root on this host). Set TUNEDECK_AUTH=user:password, or listen on 127.0.0.1 behind a proxy.",
-            file=sys.stderr,
-        )
+    except OSError as exc:
+        print(f"tunedeck: a login is needed to listen on {args.host} or to share, and none could be saved in "
+              f"{settings.data_dir} ({exc.strerror or exc}); set TUNEDECK_AUTH=user:password.", file=sys.stderr)
         return 2
 
     from .runtime import Runtime
     from .ui.layout import CSS, build_app
 
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: stop.set())
     runtime = Runtime.create(settings).start()
-    demo = build_app(runtime)
+    demo = build_app(runtime, creds=creds)
     demo.launch(
         server_name=args.host,
         server_port=args.port,
@@ -82,10 +105,15 @@ def main(argv: list[str] | None = None) -> int:
             f"Still serving locally at {demo.local_url}",
             file=sys.stderr, flush=True,
         )
+    log.info("TuneDeck is serving on %s:%s", args.host, args.port)
     try:
-        demo.block_thread()
+        while not stop.wait(1.0):
+            pass
     finally:
-        runtime.close()
+        log.info("stopping")
+        if not runtime.shutdown(SHUTDOWN_S):
+            log.warning("the running export did not finish its cleanup in %.0f s", SHUTDOWN_S)
+        threading.Thread(target=demo.close, daemon=True).start()
     return 0
 
 

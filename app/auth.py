@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import hmac
+import os
+import secrets
 from pathlib import Path
 from typing import Callable
+
+LOGIN_FILE = "tunedeck-login"
+GENERATED_USER = "admin"
 
 
 class AuthConfigError(ValueError):
@@ -47,3 +52,24 @@ def make_checker(creds: dict[str, str]) -> Callable[[str, str], bool]:
         return ok
 
     return check
+
+
+def generated_login(data_dir: Path) -> tuple[dict[str, str], Path, bool]:
+    """The login kept in `<data_dir>/tunedeck-login` (mode 0600), created on first use.
+
+    Returns (credentials, file, created). Like Jupyter's token: strong, made once, reused after.
+    """
+    path = Path(data_dir) / LOGIN_FILE
+    if path.is_file():
+        creds = parse_credentials(str(path))
+        if creds:
+            return creds, path, False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    password = secrets.token_urlsafe(18)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(f"# TuneDeck dashboard login, generated on first start (user:password)\n"
+                f"{GENERATED_USER}:{password}\n")
+    os.replace(tmp, path)
+    return {GENERATED_USER: password}, path, True

@@ -70,9 +70,44 @@ ENV_VARS: tuple[EnvVar, ...] = (
     ),
     EnvVar("TUNEDECK_TRAINING_URL", "/llamafactory/", "Iframe URL of LLaMA-Factory's web UI (same placeholders)."),
     EnvVar("TUNEDECK_TENSORBOARD_URL", "/tensorboard/", "Iframe URL of TensorBoard (same placeholders)."),
+    EnvVar("TUNEDECK_LOG_LEVEL", "info", "Log level of the app (`--log-level`): debug, info, warning or error."),
+    EnvVar(
+        "TUNEDECK_LLAMAFACTORY_DATA",
+        "{data_dir}/data",
+        "LLaMA-Factory's dataset dir (LLaMA Board's \"Data dir\"), where datasets are registered for training.",
+    ),
+    EnvVar(
+        "TUNEDECK_EASYDATASET_DIR",
+        "/app/local-db",
+        "easy-dataset's project folder (its `local-db`), mounted at this same path in the app and LLaMA-Factory.",
+    ),
+    EnvVar("TUNEDECK_PYTHON", "python3", "Python inside the LLaMA-Factory and llama.cpp containers."),
+    EnvVar("TUNEDECK_PERPLEXITY_BIN", "/app/llama-perplexity",
+           "Path of `llama-perplexity` inside the llama.cpp container."),
+    EnvVar("TUNEDECK_IMATRIX_BIN", "/app/llama-imatrix", "Path of `llama-imatrix` inside the llama.cpp container."),
+    EnvVar("TUNEDECK_BENCH_BIN", "/app/llama-bench", "Path of `llama-bench` inside the llama.cpp container."),
+    EnvVar(
+        "TUNEDECK_KL_THRESHOLD",
+        "0.05",
+        "Quantization report: recommend the smallest type whose mean KL divergence from f16 is below this.",
+    ),
+    EnvVar(
+        "TUNEDECK_FIDELITY_MIN",
+        "0.98",
+        "Fidelity stage: warn when the f16 GGUF agrees with the merged model on fewer top-1 tokens than this.",
+    ),
+    EnvVar(
+        "TUNEDECK_SESSION_HOURS",
+        "168",
+        "Lifetime of a dashboard login session in hours; the tool routes behind Caddy follow it.",
+    ),
 )
 
 _DEFAULTS = {v.name: v.default for v in ENV_VARS}
+
+
+class ConfigError(ValueError):
+    """A setting that cannot be used; the message names the variable and what it accepts."""
 
 
 def _truthy(value: str) -> bool:
@@ -102,6 +137,16 @@ class Settings:
     dataset_url: str
     training_url: str
     tensorboard_url: str
+    log_level: str = "info"
+    llamafactory_data: Path = Path("/srv/tunedeck/data")
+    easydataset_dir: Path = Path("/app/local-db")
+    python: str = "python3"
+    perplexity_bin: str = "/app/llama-perplexity"
+    imatrix_bin: str = "/app/llama-imatrix"
+    bench_bin: str = "/app/llama-bench"
+    kl_threshold: float = 0.05
+    fidelity_min: float = 0.98
+    session_hours: float = 168.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -111,16 +156,17 @@ class Settings:
             value = env.get(name)
             return _DEFAULTS[name] if value is None or value == "" else value
 
+        data_dir = Path(get("TUNEDECK_DATA_DIR")).expanduser().absolute()
         return cls(
             host=get("TUNEDECK_HOST"),
-            port=int(get("TUNEDECK_PORT")),
+            port=_port(get("TUNEDECK_PORT")),
             root_path=env.get("TUNEDECK_ROOT_PATH", ""),
             share=_truthy(get("GRADIO_SHARE")),
             auth=env.get("TUNEDECK_AUTH", ""),
             docker_host=get("DOCKER_HOST"),
             project=get("TUNEDECK_PROJECT"),
             services=tuple(s.strip() for s in get("TUNEDECK_SERVICES").split(",") if s.strip()),
-            data_dir=Path(get("TUNEDECK_DATA_DIR")).expanduser().absolute(),
+            data_dir=data_dir,
             ollama_url=get("TUNEDECK_OLLAMA_URL").rstrip("/"),
             llamafactory_service=get("TUNEDECK_LLAMAFACTORY_SERVICE"),
             llamacpp_service=get("TUNEDECK_LLAMACPP_SERVICE"),
@@ -133,7 +179,46 @@ class Settings:
             dataset_url=get("TUNEDECK_DATASET_URL"),
             training_url=get("TUNEDECK_TRAINING_URL"),
             tensorboard_url=get("TUNEDECK_TENSORBOARD_URL"),
+            log_level=_choice("TUNEDECK_LOG_LEVEL", get("TUNEDECK_LOG_LEVEL"), LOG_LEVELS),
+            llamafactory_data=Path(get("TUNEDECK_LLAMAFACTORY_DATA").replace("{data_dir}", str(data_dir))).absolute(),
+            easydataset_dir=Path(get("TUNEDECK_EASYDATASET_DIR")).absolute(),
+            python=get("TUNEDECK_PYTHON"),
+            perplexity_bin=get("TUNEDECK_PERPLEXITY_BIN"),
+            imatrix_bin=get("TUNEDECK_IMATRIX_BIN"),
+            bench_bin=get("TUNEDECK_BENCH_BIN"),
+            kl_threshold=_number("TUNEDECK_KL_THRESHOLD", get("TUNEDECK_KL_THRESHOLD"), 0.0, 10.0),
+            fidelity_min=_number("TUNEDECK_FIDELITY_MIN", get("TUNEDECK_FIDELITY_MIN"), 0.0, 1.0),
+            session_hours=_number("TUNEDECK_SESSION_HOURS", get("TUNEDECK_SESSION_HOURS"), 0.01, 24 * 366),
         )
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _port(value: str) -> int:
+    try:
+        port = int(value)
+    except ValueError:
+        port = -1
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"TUNEDECK_PORT must be a port number from 1 to 65535, not {value!r}.")
+    return port
+
+
+def _number(name: str, value: str, low: float, high: float) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        number = float("nan")
+    if not low <= number <= high:
+        raise ConfigError(f"{name} must be a number from {low:g} to {high:g}, not {value!r}.")
+    return number
+
+
+def _choice(name: str, value: str, choices: tuple[str, ...]) -> str:
+    if value.lower() not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, not {value!r}.")
+    return value.lower()
 
 
 def env_table_markdown() -> str:

@@ -8,9 +8,11 @@ string made from user text).
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
@@ -18,12 +20,15 @@ import docker
 import requests
 from docker.errors import APIError, DockerException, NotFound
 
+from .log_chunks import LogChunks
+
 PROJECT_LABEL = "com.docker.compose.project"
 SERVICE_LABEL = "com.docker.compose.service"
 PID_MARKER = "@@tunedeck-pid "
 # Wrapper run around every tool: prints its PID first so a cancel can kill it (Docker has
 # no "kill exec"), then replaces itself with the tool. User data only ever travels in "$@".
 _WRAPPER = 'echo "' + PID_MARKER + '$$"; exec "$@"'
+log = logging.getLogger(__name__)
 _CONNECTION_ERRORS = (DockerException, requests.exceptions.RequestException, ConnectionError, OSError)
 
 
@@ -53,6 +58,11 @@ class ToolCommand:
             raise ValueError("a tool command is a non-empty list of strings")
         if any("\x00" in a for a in self.argv):
             raise ValueError("a tool argument cannot contain a NUL character")
+
+
+def wrapped_argv(command: ToolCommand) -> list[str]:
+    """The argv `exec`ed for a tool: the PID-reporting wrapper, then the tool's own argv as "$@"."""
+    return ["sh", "-c", _WRAPPER, "tunedeck-tool", *command.argv]
 
 
 def docker_url() -> str:
@@ -96,8 +106,8 @@ class DockerGateway:
             if self._client is not None:
                 try:
                     self._client.close()
-                except Exception:
-                    pass
+                except Exception as exc:  # noqa: BLE001 - a dead connection may fail to close
+                    log.debug("closing the Docker client failed: %s", exc)
             self._client = None
 
     def unreachable_message(self) -> str:
@@ -165,7 +175,7 @@ class DockerGateway:
         return row["Id"]
 
     def logs(self, container: str, *, tail: int | str = "all", since: int | float | None = None,
-             follow: bool = True, timestamps: bool = True) -> "LogChunks":
+             follow: bool = True, timestamps: bool = True) -> LogChunks:
         """A cancellable log stream of byte chunks (call `.close()` from another thread to stop it)."""
         info = self._checked(container)
         params = {"stdout": 1, "stderr": 1, "follow": int(follow), "timestamps": int(timestamps),
@@ -207,7 +217,7 @@ class DockerGateway:
             raise TypeError("only ToolCommand objects built by the pipeline can be executed")
         container = self.running_service_container(command.service)
         self._checked(container)
-        argv = ["sh", "-c", _WRAPPER, "tunedeck-tool", *command.argv]
+        argv = wrapped_argv(command)
         exec_id = self._call(
             lambda api: api.exec_create(
                 container, argv, stdout=True, stderr=True, workdir=command.workdir,
@@ -220,9 +230,12 @@ class DockerGateway:
     def kill_tool(self, container: str, pid: int) -> None:
         """Stop a tool left running by a previous app process (its PID was recorded at start)."""
         self._checked(container)
-        self._kill_pid(container, pid, "KILL")
+        self.signal_pid(container, pid, "KILL")
 
-    def _kill_pid(self, container: str, pid: int, signal: str) -> None:
+    def signal_pid(self, container: str, pid: int, signal: str) -> None:
+        """Send `signal` to process `pid` inside a project container (`kill` run by exec)."""
+        if signal not in ("TERM", "KILL", "INT"):
+            raise ValueError(f"unsupported signal {signal!r}")
         argv = ["kill", f"-{signal}", str(int(pid))]
         exec_id = self._call(lambda api: api.exec_create(container, argv, stdout=False, stderr=False))["Id"]
         self._call(lambda api: api.exec_start(exec_id))
@@ -232,82 +245,6 @@ class DockerGateway:
 
     def exec_running(self, exec_id: str) -> bool:
         return bool(self._call(lambda api: api.exec_inspect(exec_id)).get("Running"))
-
-
-class LogChunks:
-    """A Docker log response read in large chunks, de-chunked and demultiplexed in bulk.
-
-    Docker sends every log line as its own HTTP chunk and stream frame; docker-py (and
-    http.client) then pay two small reads per line, which caps a follower near 15k lines/s.
-    Reading whatever the socket holds (up to 256 KiB) and splitting chunks and frames from
-    that buffer keeps up with `docker logs -f`.
-    """
-
-    def __init__(self, response, tty: bool) -> None:
-        self._res = response
-        self._tty = tty
-
-    @staticmethod
-    def _dechunk(buf: bytes) -> tuple[list[bytes], bytes, bool]:
-        """Complete HTTP chunks in `buf` → (payloads, rest, ended)."""
-        out, pos = [], 0
-        while True:
-            eol = buf.find(b"\r\n", pos)
-            if eol < 0:
-                return out, buf[pos:], False
-            size = int(buf[pos:eol].split(b";")[0] or b"0", 16)
-            if size == 0:
-                return out, b"", True
-            end = eol + 2 + size
-            if end + 2 > len(buf):
-                return out, buf[pos:], False
-            out.append(buf[eol + 2:end])
-            pos = end + 2
-
-    def _demux(self, buf: bytes) -> tuple[bytes, bytes]:
-        """Complete stdout/stderr frames in `buf` → (their payloads joined, rest)."""
-        parts, pos, size = [], 0, len(buf)
-        while size - pos >= 8:
-            length = int.from_bytes(buf[pos + 4:pos + 8], "big")
-            if size - pos - 8 < length:
-                break
-            parts.append(buf[pos + 8:pos + 8 + length])
-            pos += 8 + length
-        return b"".join(parts), buf[pos:]
-
-    def __iter__(self) -> Iterator[bytes]:
-        chunked = self._res.headers.get("Transfer-Encoding", "").lower() == "chunked"
-        reader = self._res.raw._fp.fp if chunked else self._res.raw
-        raw = frames = b""
-        ended = False
-        while not ended:
-            data = reader.read1(1 << 18)
-            if not data:
-                return
-            if chunked:
-                pieces, raw, ended = self._dechunk(raw + data)
-                data = b"".join(pieces)
-            if self._tty:
-                if data:
-                    yield data
-                continue
-            payload, frames = self._demux(frames + data)
-            if payload:
-                yield payload
-
-    def close(self) -> None:
-        """Unblock a reader in another thread at once."""
-        import socket as _socket
-
-        try:
-            sock = self._res.raw._fp.fp.raw._sock
-            sock.shutdown(_socket.SHUT_RDWR)
-        except Exception:
-            pass
-        try:
-            self._res.close()
-        except Exception:
-            pass
 
 
 class ExecHandle:
@@ -353,25 +290,23 @@ class ExecHandle:
 
     def kill(self, grace: float = 3.0) -> None:
         """SIGTERM the tool, then SIGKILL it if it is still running after `grace` seconds."""
-        import time
-
         self._pid_ready.wait(timeout=2)
         if self.pid is None:
             self.close()
             return
         try:
-            self.gateway._kill_pid(self.container, self.pid, "TERM")
+            self.gateway.signal_pid(self.container, self.pid, "TERM")
             deadline = time.monotonic() + grace
             while time.monotonic() < deadline:
                 if not self.gateway.exec_running(self.exec_id):
                     return
                 time.sleep(0.1)
-            self.gateway._kill_pid(self.container, self.pid, "KILL")
+            self.gateway.signal_pid(self.container, self.pid, "KILL")
         except (EngineUnavailable, APIError, NotFound):
             self.close()
 
     def close(self) -> None:
         try:
             self._stream.close()
-        except Exception:
-            pass
+        except Exception as exc:  # noqa: BLE001 - closing an already broken stream
+            log.debug("closing an exec stream failed: %s", exc)

@@ -8,6 +8,7 @@ removed; it closes as soon as its last viewer leaves.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import deque
@@ -18,7 +19,10 @@ from docker.errors import NotFound
 
 from .docker_gateway import DockerGateway, EngineUnavailable, NotInProject
 from .log_filter import LogLine, parse_stamp, split_stamp, strip_ansi
+from .logging_setup import Throttle
 
+log = logging.getLogger(__name__)
+_throttle = Throttle(log)
 RING = 50_000  # lines kept per container (~7 MB): a follower 0.1 s late still gets every line at 400k lines/s
 
 
@@ -116,9 +120,11 @@ class LogStream:
                 self.note("Docker engine not reachable; retrying")
                 self._stop.wait(1.0)
                 first = first and not self.lines
-            except Exception:  # noqa: BLE001 - a closed socket while stopping, or the container vanished
+            except Exception as exc:  # noqa: BLE001 - logged (throttled); the loop retries
                 if self._stop.is_set():
-                    break
+                    break  # a closed socket while stopping
+                _throttle.failure(f"logs-{self.service}", f"log stream of {self.service} failed, retrying: "
+                                                         f"{type(exc).__name__}: {exc}", exc)
                 self._stop.wait(0.3)
             finally:
                 self._close_stream()
@@ -131,8 +137,8 @@ class LogStream:
         if stream is not None:
             try:
                 stream.close()
-            except Exception:
-                pass
+            except Exception as exc:  # noqa: BLE001 - the stream may be broken already
+                log.debug("closing the log stream of %s failed: %s", self.service, exc)
 
     def stop(self) -> None:
         self._stop.set()

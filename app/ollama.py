@@ -39,20 +39,24 @@ def file_digest(path: Path, on_progress: Callable[[int, int], None] | None = Non
 
 
 class OllamaClient:
+    """One connection pool for the app's lifetime (httpx.Client is thread-safe): no new TCP
+    connection per call. Long calls (upload, create, chat) pass their own read timeout."""
+
     def __init__(self, base_url: str, timeout: float = 30.0) -> None:
         self.base_url = base_url.rstrip("/")
         self._timeout = timeout
+        self._http = httpx.Client(base_url=self.base_url, timeout=httpx.Timeout(timeout),
+                                  limits=httpx.Limits(max_connections=64, max_keepalive_connections=16))
 
-    def _client(self, read_timeout: float | None = None) -> httpx.Client:
-        return httpx.Client(
-            base_url=self.base_url,
-            timeout=httpx.Timeout(self._timeout, read=read_timeout if read_timeout is not None else self._timeout),
-        )
+    def close(self) -> None:
+        self._http.close()
+
+    def _timeouts(self, read: float | None) -> httpx.Timeout:
+        return httpx.Timeout(self._timeout, read=read if read is not None else self._timeout)
 
     def _request(self, method: str, path: str, **kwargs) -> httpx.Response:
         try:
-            with self._client() as c:
-                return c.request(method, path, **kwargs)
+            return self._http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
             raise OllamaUnreachable(f"Ollama is not reachable at {self.base_url} ({type(exc).__name__}).") from exc
 
@@ -116,8 +120,8 @@ class OllamaClient:
                         on_progress(sent, size)
 
         try:
-            with self._client(read_timeout=600) as c:
-                resp = c.post(f"/api/blobs/{digest}", content=body(), headers={"Content-Length": str(size)})
+            resp = self._http.post(f"/api/blobs/{digest}", content=body(), headers={"Content-Length": str(size)},
+                                   timeout=self._timeouts(600))
         except httpx.TransportError as exc:
             raise OllamaUnreachable(
                 f"Upload to Ollama at {self.base_url} was interrupted ({type(exc).__name__})."
@@ -126,13 +130,17 @@ class OllamaClient:
             raise OllamaError(f"Ollama refused the upload: {self._error_of(resp)}")
 
     # -- streams ----------------------------------------------------------------------
-    def _ndjson(self, path: str, payload: dict, read_timeout: float = 600) -> Iterator[dict]:
+    def _ndjson(self, path: str, payload: dict, read_timeout: float = 600,
+                should_stop: Callable[[], bool] | None = None) -> Iterator[dict]:
+        """Yield the JSON lines of a streamed answer; closing the generator closes the request."""
         try:
-            with self._client(read_timeout=read_timeout) as c, c.stream("POST", path, json=payload) as resp:
+            with self._http.stream("POST", path, json=payload, timeout=self._timeouts(read_timeout)) as resp:
                 if resp.status_code != 200:
                     resp.read()
                     raise OllamaError(f"Ollama {path} failed: {self._error_of(resp)}")
                 for line in resp.iter_lines():
+                    if should_stop and should_stop():
+                        return
                     if not line.strip():
                         continue
                     try:
@@ -154,7 +162,16 @@ class OllamaClient:
         if not last or last.get("status") != "success":
             raise OllamaError("Ollama /api/create ended without reporting success.")
 
-    def chat(self, model: str, prompt: str, *, num_predict: int = 48, system: str | None = None) -> Iterator[dict]:
-        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-        payload = {"model": model, "messages": messages, "stream": True, "options": {"num_predict": num_predict}}
-        yield from self._ndjson("/api/chat", payload)
+    def chat(self, model: str, messages: list[dict], options: dict | None = None, *, keep_alive=None,
+             should_stop: Callable[[], bool] | None = None, read_timeout: float = 600) -> Iterator[dict]:
+        """POST /api/chat, streamed: one dict per token piece, the last with `done` and the counters."""
+        payload: dict = {"model": model, "messages": messages, "stream": True, "options": dict(options or {})}
+        if keep_alive is not None:
+            payload["keep_alive"] = keep_alive
+        yield from self._ndjson("/api/chat", payload, read_timeout=read_timeout, should_stop=should_stop)
+
+    def unload(self, model: str) -> None:
+        """Unload a model (`keep_alive: 0`), so the next request loads it afresh."""
+        resp = self._request("POST", "/api/generate", json={"model": model, "keep_alive": 0})
+        if resp.status_code not in (200, 404):
+            raise OllamaError(f"Unloading {model!r} failed: {self._error_of(resp)}")

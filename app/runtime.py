@@ -58,6 +58,16 @@ class Runtime:
                     ) from exc
             return self._exports
 
+    def shutdown(self, timeout: float) -> bool:
+        """Stop for good: cancel a running export (tool killed, partial files removed, history says
+        `cancelled`) within `timeout` seconds, then close every background part."""
+        done = True
+        if self._exports is not None:
+            done = self._exports.shutdown(timeout)
+        self.close()
+        return done
+
     def close(self) -> None:
         self.logs.close()
         self.monitor.close()
+        self.ollama.close()

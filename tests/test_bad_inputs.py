@@ -56,6 +56,9 @@ CASES = [
     ("huge system prompt", export(system="y" * 20_000), "too long"),
     ("template path", export(template="../x"), "not a LLaMA-Factory template name"),
     ("template with space", export(template="a b"), "not a LLaMA-Factory template name"),
+    ("NEL in a run path", export(run="tiny/lora/run\x851"), "control characters"),
+    ("line break in the base model path", export(base="models/ba\nse"), "control characters"),
+    ("escape sequence in the Ollama name", export(name="name\x1b[31m"), "control characters"),
     ("bad regex", logs(pattern="(", regex=True), "Invalid regular expression"),
     ("bad regex class", logs(pattern="[a-", regex=True), "Invalid regular expression"),
     ("negative tail", logs(tail=-1), "between 1 and 2000"),
@@ -116,8 +119,13 @@ def sweep(docker_client, hosttools_image, tmp_path_factory):
         stack.cleanup()
 
 
-def test_sweep_has_at_least_25_kinds():
-    assert len(CASES) >= 25 and len({c[0] for c in CASES}) == len(CASES)
+def test_sweep_covers_every_public_endpoint_that_takes_input(sweep):
+    """A new endpoint with inputs must bring its bad-input cases along."""
+    api = sweep["client"].view_api(print_info=False, return_format="dict")["named_endpoints"]
+    with_inputs = {name for name, spec in api.items() if spec["parameters"]}
+    covered = {call[0] for _label, call, _expected in CASES}
+    assert with_inputs - covered == set(), f"no bad-input case for {sorted(with_inputs - covered)}"
+    assert len({c[0] for c in CASES}) == len(CASES)
 
 
 @pytest.mark.parametrize("label,call,expected", CASES, ids=[c[0] for c in CASES])

@@ -1,6 +1,4 @@
-"""Open TuneDeck through the real Caddy, click every tab, save the README screenshot."""
-
-from pathlib import Path
+"""Open TuneDeck through the real Caddy, click every tab, take the dashboard screenshot."""
 
 import pytest
 from playwright.sync_api import expect
@@ -8,11 +6,10 @@ from playwright.sync_api import expect
 from tests.harness.caddy import running_caddy
 
 pytestmark = pytest.mark.browser
-SHOTS = Path(__file__).parent / "screenshots"
 TABS = ["Services", "Dataset", "Training", "TensorBoard", "Runs", "Export"]
 
 
-def test_every_tab_through_caddy(app_server, stack, caddy_bin, page):
+def test_every_tab_through_caddy(app_server, stack, caddy_bin, page, screenshots):
     stack.run("ollama")
     stack.run("llamacpp")
     with running_caddy({"TUNEDECK_UPSTREAM": f"127.0.0.1:{app_server.port}"}) as caddy:
@@ -28,5 +25,4 @@ def test_every_tab_through_caddy(app_server, stack, caddy_bin, page):
         page.get_by_role("tab", name="Dataset").click()
         expect(page.locator("#frame-dataset")).to_contain_text("easy-dataset service has no container")
         page.get_by_role("tab", name="Services").click()
-        SHOTS.mkdir(exist_ok=True)
-        page.screenshot(path=str(SHOTS / "dashboard.png"), full_page=True)
+        page.screenshot(path=str(screenshots / "dashboard.png"), full_page=True)

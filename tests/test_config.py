@@ -36,3 +36,14 @@ def test_help_documents_flags_and_variables():
         assert flag in out.stdout
     for var in ENV_VARS:
         assert var.name in out.stdout
+
+
+def test_bad_settings_are_one_sentence_not_a_traceback():
+    for env, expected in (({"TUNEDECK_PORT": "abc"}, "TUNEDECK_PORT must be a port number from 1 to 65535"),
+                          ({"TUNEDECK_PORT": "70000"}, "TUNEDECK_PORT must be a port number"),
+                          ({"TUNEDECK_KL_THRESHOLD": "low"}, "TUNEDECK_KL_THRESHOLD must be a number"),
+                          ({"TUNEDECK_LOG_LEVEL": "loud"}, "TUNEDECK_LOG_LEVEL must be one of")):
+        out = subprocess.run([sys.executable, "-m", "app"], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                             env={"PATH": "/usr/bin:/bin", **env})
+        assert out.returncode == 2, out.stderr
+        assert expected in out.stderr and "Traceback" not in out.stderr, out.stderr

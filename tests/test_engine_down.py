@@ -1,7 +1,6 @@
 """The dashboard serves its page without a Docker engine, says so, and recovers by itself."""
 
 import re
-import time
 
 import httpx
 from playwright.sync_api import expect
@@ -24,12 +23,9 @@ def test_page_loads_without_engine_and_recovers(tmp_path, page, stack):
         stack.run("ollama")
         proxy.start()  # the engine "comes back"
         try:
-            t0 = time.monotonic()
             expect(page.locator("#status-summary")).to_contain_text("engine reachable", timeout=15_000)
             expect(banner).not_to_contain_text("not reachable")
             expect(page.locator("#status-table")).to_contain_text(f"{stack.project}-ollama-1")
-            recovered_in = time.monotonic() - t0
-            assert recovered_in < 10
 
             proxy.stop()  # and goes away again
             expect(banner).to_contain_text("Docker engine not reachable", timeout=15_000)

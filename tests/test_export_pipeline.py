@@ -131,7 +131,6 @@ def test_second_run_with_same_inputs_reuses_stages(env):
     assert status["stages"]["merge"] == "reused" and status["stages"]["convert"] == "reused"
     assert status["stages"]["quantize"] == "reused" and status["stages"]["load"] == "reused"
     assert "reused" in log and "$ llamafactory-cli" not in log
-    assert status["stage_seconds"]["merge"] < 2
 
 
 def test_existing_name_without_overwrite_is_refused(env):
@@ -159,21 +158,23 @@ def test_cancel_mid_merge_leaves_no_partial_folder(env):
     client = Client(env["app"].url, verbose=False)
     job = client.submit(*export_args(env["run"], base=str(env["data"] / "models" / "tiny-llama"), template="alpaca",
                                      name="tiny-cancel"), api_name="/export")
-    t_cancel = None
+    cancelled = False
     for log, status in job:
-        if "[merge] $ llamafactory-cli" in (log or "") and t_cancel is None:
+        if "[merge] $ llamafactory-cli" in (log or "") and not cancelled:
             time.sleep(2)
+            partials = list(env["data"].rglob("merged.partial"))
+            assert partials, "the merge was not writing into its .partial folder when cancelled"
             client.predict(api_name="/cancel_export")
-            t_cancel = time.monotonic()
+            cancelled = True
     job.cancel()
     client.close()
     manager = env["app"].runtime.exports
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 15
     while not manager.current.finished and time.monotonic() < deadline:
         time.sleep(0.1)
     assert manager.current.finished and manager.current.status == "cancelled"
-    assert time.monotonic() - t_cancel < 5 + 1
-    assert not list(env["data"].rglob("*.partial")), "a partial folder was left behind"
+    assert not any(p.exists() for p in partials), "the partial folder was left behind"
+    assert not list(env["data"].rglob("*.partial"))
     # the tool process inside the container is gone
     ps = env["llamafactory"].exec_run(["ps", "-o", "args"]).output.decode()
     assert "llamafactory-cli" not in ps
@@ -208,9 +209,7 @@ def test_one_export_at_a_time(env):
         time.sleep(0.1)
     with pytest.raises(Exception, match="already running"):
         client.predict(*export_args(env["run"], name="tiny-two"), api_name="/export")
-    t0 = time.monotonic()
-    assert client.predict(api_name="/status")["engine_ok"]  # the Services tab stays live meanwhile
-    assert time.monotonic() - t0 < 1.0
+    assert client.predict(api_name="/status")["engine_ok"]  # the Services tab stays live (bench/loop.py)
     first.cancel()
     client.predict(api_name="/cancel_export")
     client.close()
@@ -309,15 +308,19 @@ def test_tool_container_killed_mid_merge(env):
     job = client.submit(*export_args(env["run"], template="vicuna", name="tiny-killed"), api_name="/export")
     killed = False
     status = None
+    partials: list[Path] = []
     for log, status in job:
         if not killed and "[merge] $ llamafactory-cli" in (log or ""):
             time.sleep(1.5)
+            partials = list(env["data"].rglob("merged.partial"))
             env["llamafactory"].kill()
             killed = True
     client.close()
     try:
         assert killed and status["status"] == "failed" and status["stage"] == "merge"
         assert "container" in status["error"], status["error"]
+        assert partials, "the merge was not writing into its .partial folder when killed"
+        assert not any(p.exists() for p in partials)
         assert not list(env["data"].rglob("*.partial"))
         row = env["app"].runtime.exports.history.get(status["job_id"])
         assert row["status"] == "failed" and row["error"] == status["error"]
@@ -368,7 +371,7 @@ def test_app_killed_mid_export_then_restarted(env):
 
 
 @pytest.mark.browser
-def test_export_tab_in_the_browser(env, page):
+def test_export_tab_in_the_browser(env, page, screenshots):
     import re
 
     from playwright.sync_api import expect
@@ -385,7 +388,7 @@ def test_export_tab_in_the_browser(env, page):
     expect(page.locator("#export-progress-bar")).to_have_attribute("data-state", "succeeded", timeout=120_000)
     expect(log).to_have_value(re.compile(r"\[verify\] done_reason="))
     expect(page.locator("#export-stages")).to_contain_text("reused")
-    page.screenshot(path=str(Path(__file__).parent / "screenshots" / "export-tab.png"), full_page=True)
+    page.screenshot(path=str(screenshots / "export-tab.png"), full_page=True)
 
     # a second export while idle with a bad name: one clear sentence, nothing starts
     page.locator("#export-name textarea, #export-name input").first.fill("bad name")

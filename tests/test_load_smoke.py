@@ -1,5 +1,5 @@
 """A short load smoke (the full run is bench/load.py): concurrent clients poll /status and follow
-logs; no errors, status p95 under 1 s, log streams shared."""
+logs; no errors, every client served, log streams shared (latency figures: bench/load.py)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,5 @@ def test_concurrent_status_and_log_clients(app_server, stack):
                       on_tick=lambda: streams.append(app_server.runtime.logs.open_streams()))
     assert not result.errors, result.errors[:3]
     assert result.status_calls >= 6 * 10
-    assert result.p95 < 1.0, f"status p95 {result.p95:.3f} s"
     assert result.log_updates >= 6 * 5
     assert max(streams) == 1  # six followers, one Docker log stream

@@ -6,15 +6,24 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import subprocess
+
 import yaml
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from app.config import Settings
-from app.docker_gateway import _WRAPPER, ToolCommand
+from app.docker_gateway import ToolCommand, wrapped_argv
 from app.export import commands
 from app.export.modelfile import create_payload, parse_modelfile
-from app.export.validation import InvalidInput, confine, slug, validate_ollama_name, validate_quant_types
+from app.export.validation import (
+    QUANT_TYPES,
+    InvalidInput,
+    confine,
+    slug,
+    validate_ollama_name,
+    validate_quant_types,
+)
 
 SETTINGS = Settings.from_env({})
 text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=200)
@@ -50,18 +59,33 @@ def test_confine_refuses_symlinks_out(tmp_path):
 @given(value=text)
 def test_each_user_value_stays_in_its_own_argv_slot(value):
     assume("\x00" not in value)
-    merged = Path("/data/exports/x") / value.replace("/", "_")[:50]
-    out = Path("/data/exports/x/out.gguf")
+    merged = Path("/data/exports/x") / value
+    out = Path("/data/exports/y") / value
     cmd = commands.convert_command(SETTINGS, merged, "f16", out)
-    assert cmd.argv.count(str(merged)) >= 1 and str(merged) in cmd.argv
-    assert len(cmd.argv) == 7 and cmd.argv[0] == "python3"
-    q = commands.quantize_command(SETTINGS, out, out, "Q4_K_M")
-    assert len(q.argv) == 4
-    # the wrapper never interpolates arguments into its script: they only travel as "$@"
-    assert '"$@"' in _WRAPPER and "{" not in _WRAPPER
+    assert cmd.argv == ("python3", SETTINGS.convert_script, str(merged), "--outtype", "f16", "--outfile", str(out))
+    q = commands.quantize_command(SETTINGS, merged, out, "Q4_K_M")
+    assert q.argv == (SETTINGS.quantize_bin, str(merged), str(out), "Q4_K_M")
+    m = commands.merge_command(SETTINGS, merged)
+    assert m.argv == (SETTINGS.llamafactory_cli, "export", str(merged))
+    # the wrapper that runs every tool passes the argv on untouched, as "$@" (never as shell text)
+    wrapped = wrapped_argv(q)
+    assert wrapped[:2] == ["sh", "-c"] and wrapped[4:] == list(q.argv)
+
+
+@settings(max_examples=60, deadline=None)
+@given(value=text)
+def test_the_tool_wrapper_really_delivers_each_value_intact(value):
+    assume("\x00" not in value)
+    cmd = ToolCommand("llamacpp", ("printf", "%s\\0", value, "$(id)"))
+    out = subprocess.run(wrapped_argv(cmd), capture_output=True, timeout=10).stdout
+    pid_line, _, rest = out.partition(b"\n")
+    assert pid_line.startswith(b"@@tunedeck-pid ")
+    assert rest.split(b"\0")[:2] == [value.encode("utf-8", "surrogateescape"), b"$(id)"]
 
 
 @given(template=st.text(min_size=1, max_size=40), base=text, adapter=text)
+@example(template="t", base="/data/base", adapter="/data/ad\x85x")  # NEL: YAML used to fold it to a space
+@example(template="\u2028", base="a\u2029b", adapter="\ufeffx")
 def test_merge_yaml_round_trips_any_value(template, base, adapter):
     assume(all("\x00" not in v for v in (template, base, adapter)))
     doc = yaml.safe_load(commands.merge_yaml(base, adapter, template, "/data/out"))
@@ -92,15 +116,21 @@ def test_valid_ollama_names_are_safe(name):
     assert not ok.startswith(("-", ".", ":", "/")) and ".." not in ok and " " not in ok
 
 
-@given(types=st.lists(text, max_size=8))
-def test_quant_types_are_from_the_list_or_refused(types):
-    from app.export.validation import QUANT_TYPES
+def _case_variants(name: str):
+    return st.sampled_from([name, name.lower(), name.title(), f" {name} "])
 
+
+@given(types=st.lists(st.one_of(st.sampled_from(QUANT_TYPES).flatmap(_case_variants), text), max_size=8))
+def test_quant_types_are_from_the_list_or_refused(types):
+    valid = [t.strip().upper() for t in types if isinstance(t, str) and t.strip().upper() in QUANT_TYPES]
+    wanted = list(dict.fromkeys(valid))
     try:
         out = validate_quant_types(types, "f16")
     except InvalidInput:
+        assert len(valid) < len(types) or len(wanted) > 6, f"refused a valid list {types!r}"
         return
-    assert set(out) <= set(QUANT_TYPES)
+    assert len(valid) == len(types), f"accepted {types!r}"
+    assert out == wanted  # normalised, de-duplicated, order kept
 
 
 @given(value=text)

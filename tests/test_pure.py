@@ -10,8 +10,8 @@ import pytest
 
 from app.auth import AuthConfigError, make_checker, parse_credentials
 from app.export.plan import build_request, make_plan, partial
-from app.export.preflight import adapter_mismatch, quantized_base_problem
-from app.export.runs import discover_runs, last_loss
+from app.export.checks import adapter_mismatch, quantized_base_problem
+from app.runs import base_model_of, datasets_of, discover_run_dirs, discover_runs, last_loss
 from app.export.validation import InvalidInput
 from app.log_filter import BadFilter, LogLine, make_matcher, parse_stamp, render_line, split_stamp, strip_ansi
 from app.status_monitor import Snapshot, container_info, format_duration, format_ports
@@ -120,3 +120,85 @@ def test_preflight_checks_are_one_sentence(tmp_path):
     msg = quantized_base_problem({"quantization_config": {"quant_method": "bitsandbytes", "load_in_8bit": True}})
     assert "quantized (bitsandbytes 8-bit)" in msg and msg.count(".") == 1
     assert quantized_base_problem({}) is None
+
+
+def test_one_definition_of_a_run_for_both_tabs(tmp_path):
+    """The Runs tab lists every run; the Export tab exactly those of them holding a LoRA adapter."""
+    from app.training.tracker import RunTracker
+
+    saves = tmp_path / "saves"
+    _run(tmp_path, "m/lora/done", 0.5, "/b")
+    training = saves / "m" / "lora" / "training"
+    training.mkdir(parents=True)
+    (training / "trainer_log.jsonl").write_text(json.dumps({"current_steps": 1, "total_steps": 9}) + "\n")
+    half = saves / "m" / "lora" / "config-only"
+    half.mkdir(parents=True)
+    (half / "adapter_config.json").write_text("{}")  # weights not written yet
+    assert {p.name for p in discover_run_dirs(saves)} == {"done", "training", "config-only"}
+    tracked = {r.name: r for r in RunTracker(tmp_path).scan()}
+    exportable = {r.name for r in discover_runs(tmp_path)}
+    assert exportable == {name for name, r in tracked.items() if r.exportable} == {"m/lora/done"}
+
+
+def test_base_model_and_dataset_fallbacks(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "README.md").write_text("---\nlibrary_name: peft\nbase_model: /data/models/tiny\n---\n\n"
+                                   "This model is a fine-tuned version of [/data/models/tiny](/data/models/tiny) "
+                                   "on the stop_qa and more_qa datasets.\n")
+    assert base_model_of(run) == "/data/models/tiny"  # the model card, as a CLI run leaves it
+    assert datasets_of(run) == (["stop_qa", "more_qa"], "")
+    (run / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "/data/models/other"}))
+    assert base_model_of(run) == "/data/models/other"
+    (run / "training_args.yaml").write_text("model_name_or_path: /data/models/board\ndataset: a,b\n"
+                                            "dataset_dir: /data/data\n")
+    assert base_model_of(run) == "/data/models/board"
+    assert datasets_of(run) == (["a", "b"], "/data/data")
+
+
+def test_job_summary_is_a_copy(tmp_path):
+    from app.export.jobs import ExportJob
+
+    job = ExportJob("j1", None, ("preflight", "merge"))
+    job.update_result("artifacts", a={"bytes": 1})
+    summary = job.summary()
+    job.update_result("artifacts", b={"bytes": 2})
+    summary["result"]["artifacts"]["a"]["bytes"] = 99
+    assert set(summary["result"]["artifacts"]) == {"a"}
+    assert job.result()["artifacts"]["a"]["bytes"] == 1
+
+
+def test_control_characters_are_refused_in_names_and_paths(tmp_path):
+    for value in ("/data/ad\x85x", "run\nname", "a\x1bb", "x\u009fy"):
+        with pytest.raises(InvalidInput, match="control characters"):
+            build_request(tmp_path, run=value)
+    from app.export.validation import validate_ollama_name, validate_system_prompt
+
+    with pytest.raises(InvalidInput, match="control characters"):
+        validate_ollama_name("name\x85")
+    assert validate_system_prompt("line one\nline two\x85") == "line one\nline two\x85"  # prose may
+
+
+def test_follow_tokens_are_pruned():
+    from app.ui.services_tab import FollowTokens
+
+    tokens = FollowTokens()
+    for i in range(100):
+        t = tokens.new(f"session-{i}")
+        assert tokens.current(f"session-{i}", t)
+        tokens.done(f"session-{i}", t)
+    first = tokens.new("s")
+    second = tokens.new("s")  # a newer follow in the same session
+    tokens.done("s", first)   # the old one ending must not drop the newer one
+    assert tokens.current("s", second) and len(tokens) == 1
+    tokens.done("s", second)
+    assert len(tokens) == 0
+
+
+def test_log_downloads_share_one_bounded_folder(tmp_path):
+    from app.ui.services_tab import save_download
+
+    paths = [save_download(f"log {i}", tmp_path, keep=5) for i in range(12)]
+    assert all(p.parent == tmp_path for p in paths)
+    kept = sorted(tmp_path.iterdir())
+    assert len(kept) == 5 and paths[-1] in kept and paths[-1].read_text() == "log 11\n"

@@ -120,7 +120,7 @@ def tools_stack(stack, tmp_path):
 
 
 @pytest.mark.browser
-def test_tool_tabs_load_through_caddy(stack, tools_stack, data_dir, caddy_bin, page):
+def test_tool_tabs_load_through_caddy(stack, tools_stack, data_dir, caddy_bin, page, screenshots):
     ports = tools_stack["ports"]
     http_port, ds_port = free_port(), free_port()
     settings = settings_for(tunedeck_project=stack.project, tunedeck_data_dir=str(data_dir),
@@ -151,7 +151,7 @@ def test_tool_tabs_load_through_caddy(stack, tools_stack, data_dir, caddy_bin, p
         tb = page.frame_locator("#frame-tensorboard iframe")
         expect(tb.locator("body")).to_contain_text(re.compile("TensorBoard|SCALARS|Time Series", re.I),
                                                    timeout=30_000)
-        page.screenshot(path=str(ROOT / "tests" / "screenshots" / "tensorboard-tab.png"))
+        page.screenshot(path=str(screenshots / "tensorboard-tab.png"))
 
         # a stopped tool: one clear sentence instead of a blank frame
         tools_stack["dataset"].stop(timeout=1)

@@ -176,7 +176,7 @@ def test_eval_loss_and_nan_do_not_break_curves(tmp_path):
 
 
 @pytest.mark.browser
-def test_browser_sees_new_points_and_exports_a_finished_run(app_server, data_dir, page):
+def test_browser_sees_new_points_and_exports_a_finished_run(app_server, data_dir, page, screenshots):
     finished = Trainer(data_dir / "saves" / "tiny" / "lora" / "finished", total=5)
     for _ in range(5):
         finished.write_step()
@@ -205,7 +205,7 @@ def test_browser_sees_new_points_and_exports_a_finished_run(app_server, data_dir
         assert line.get_attribute("d").count("L") > before.count("L"), "no new point on the loss chart"
     finally:
         trainer.stop()
-    page.screenshot(path=str(Path(__file__).parent / "screenshots" / "runs-tab.png"))
+    page.screenshot(path=str(screenshots / "runs-tab.png"))
 
     page.locator("#runs-select input").click()
     page.locator("#runs-select input").fill("tiny/lora/finished")

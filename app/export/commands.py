@@ -27,7 +27,9 @@ def merge_yaml(base_model: str, adapter_dir: str, template: str, export_dir: str
         "export_device": "cpu",
         "export_legacy_format": False,
     }
-    return yaml.safe_dump(config, sort_keys=False, allow_unicode=True)
+    # ASCII-only output: every other character is written as an escape, so no value (a NEL or a line
+    # separator in a path, say) can be folded or re-read differently by LLaMA-Factory's YAML loader.
+    return yaml.safe_dump(config, sort_keys=False, allow_unicode=False, width=1 << 16)
 
 
 def merge_command(settings: Settings, yaml_path: Path) -> ToolCommand:

@@ -1,4 +1,8 @@
-"""Persisted export history (SQLite in the data directory); survives restarts."""
+"""Persisted export history (SQLite in the data directory); survives restarts.
+
+Listings never read a job's log (up to 20k lines): it is fetched only for the one job shown.
+Every connection is closed after use; writes are serialised by a lock.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,9 @@ import json
 import sqlite3
 import threading
 import time
+from contextlib import closing, contextmanager
 from pathlib import Path
+from typing import Iterator
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -22,8 +28,16 @@ CREATE TABLE IF NOT EXISTS jobs (
     log TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS jobs_created ON jobs(created);
+CREATE TABLE IF NOT EXISTS ollama_loads (
+    model TEXT PRIMARY KEY,
+    load_key TEXT NOT NULL,
+    job_id TEXT NOT NULL,
+    loaded REAL NOT NULL
+);
 """
 FINAL = ("succeeded", "failed", "cancelled", "interrupted")
+SUMMARY_COLUMNS = ("id", "created", "finished", "status", "run", "request", "stages", "result", "error")
+_JSON_COLUMNS = ("request", "stages", "result")
 
 
 class History:
@@ -31,16 +45,19 @@ class History:
         self.path = Path(db_path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        with self._connect() as db:
+        with self._db() as db:
             db.executescript(_SCHEMA)
 
-    def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, timeout=10)
-        db.row_factory = sqlite3.Row
-        return db
+    @contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        """A connection committed on success and always closed."""
+        with closing(sqlite3.connect(self.path, timeout=10)) as db:
+            db.row_factory = sqlite3.Row
+            with db:
+                yield db
 
     def add(self, job_id: str, run: str, request: dict) -> None:
-        with self._lock, self._connect() as db:
+        with self._lock, self._db() as db:
             db.execute(
                 "INSERT INTO jobs (id, created, status, run, request) VALUES (?, ?, 'running', ?, ?)",
                 (job_id, time.time(), run, json.dumps(request)),
@@ -64,17 +81,25 @@ class History:
         if not fields:
             return
         sets = ", ".join(f"{k} = ?" for k in fields)
-        with self._lock, self._connect() as db:
+        with self._lock, self._db() as db:
             db.execute(f"UPDATE jobs SET {sets} WHERE id = ?", (*fields.values(), job_id))
+            if status == "succeeded" and result is not None:
+                for model, key in (result.get("loaded") or {}).items():
+                    db.execute("INSERT OR REPLACE INTO ollama_loads (model, load_key, job_id, loaded) "
+                               "VALUES (?, ?, ?, ?)", (model, key, job_id, time.time()))
+
+    def _select(self, where: str = "", params: tuple = (), tail: str = "") -> list[dict]:
+        cols = ", ".join(SUMMARY_COLUMNS)
+        with self._db() as db:
+            rows = db.execute(f"SELECT {cols} FROM jobs {where} {tail}", params).fetchall()
+        return [_decode(r) for r in rows]
 
     def running(self) -> list[dict]:
-        with self._connect() as db:
-            rows = db.execute("SELECT * FROM jobs WHERE status = 'running'").fetchall()
-        return [_decode(r) for r in rows]
+        return self._select("WHERE status = 'running'")
 
     def mark_interrupted(self) -> int:
         """Jobs still `running` from a previous process: it died mid-export."""
-        with self._lock, self._connect() as db:
+        with self._lock, self._db() as db:
             cur = db.execute(
                 "UPDATE jobs SET status = 'interrupted', finished = ?, "
                 "error = 'The app stopped while this export was running.' WHERE status = 'running'",
@@ -83,27 +108,27 @@ class History:
             return cur.rowcount
 
     def get(self, job_id: str) -> dict | None:
-        with self._connect() as db:
-            row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return _decode(row) if row else None
+        rows = self._select("WHERE id = ?", (job_id,))
+        return rows[0] if rows else None
+
+    def log_of(self, job_id: str) -> str | None:
+        with self._db() as db:
+            row = db.execute("SELECT log FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return row["log"] if row else None
 
     def recent(self, limit: int = 50) -> list[dict]:
-        with self._connect() as db:
-            rows = db.execute("SELECT * FROM jobs ORDER BY created DESC LIMIT ?", (limit,)).fetchall()
-        return [_decode(r) for r in rows]
+        return self._select(tail="ORDER BY created DESC LIMIT ?", params=(int(limit),))
 
     def last_loaded_key(self, model: str) -> str | None:
         """Load key of the newest successful job that created Ollama model `model`."""
-        for job in self.recent(200):
-            if job["status"] == "succeeded":
-                key = (job["result"].get("loaded") or {}).get(model)
-                if key:
-                    return key
-        return None
+        with self._db() as db:
+            row = db.execute("SELECT load_key FROM ollama_loads WHERE model = ?", (model,)).fetchone()
+        return row["load_key"] if row else None
 
 
 def _decode(row: sqlite3.Row) -> dict:
     d = dict(row)
-    for k in ("request", "stages", "result"):
-        d[k] = json.loads(d[k] or "{}")
+    for k in _JSON_COLUMNS:
+        if k in d:
+            d[k] = json.loads(d[k] or "{}")
     return d

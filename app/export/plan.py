@@ -8,7 +8,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .runs import ADAPTER_WEIGHTS, RunInfo, find_run
+from ..runs import ADAPTER_WEIGHTS, RunInfo, find_run
 from .validation import (
     InvalidInput,
     slug,
@@ -21,7 +21,6 @@ from .validation import (
     check_text,
 )
 
-STAGES = ("preflight", "merge", "convert", "quantize", "load", "verify")
 DEFAULT_VERIFY_PROMPT = "Reply with one short sentence: what are you?"
 _SMALL_FILE = 64 << 20  # files below this are hashed by content; larger ones by size and mtime
 
@@ -37,6 +36,7 @@ class ExportRequest:
     system_prompt: str
     overwrite: bool
     verify_prompt: str = DEFAULT_VERIFY_PROMPT
+    template_source: str = "given"   # "given", "run" (training_args.yaml) or "inferred"
 
     def summary(self) -> dict:
         d = asdict(self)
@@ -59,7 +59,8 @@ def build_request(data_dir: Path, *, run: str, base_model: str = "", template: s
     if info is None:
         raise InvalidInput(f"Unknown run {run_name!r}: no adapter_config.json and adapter weights under saves/.")
     base = validate_base_model(data_dir, base_model or info.base_model)
-    tmpl = validate_template(template or info.template or "")
+    tmpl = validate_template(template or info.template or "", allow_empty=True)
+    source = "given" if template else "run" if tmpl else "inferred"
     dt = validate_dtype(dtype or "f16")
     quants = validate_quant_types(quant_types, dt)
     name = validate_ollama_name(ollama_name or default_ollama_name(info))
@@ -67,9 +68,9 @@ def build_request(data_dir: Path, *, run: str, base_model: str = "", template: s
         raise InvalidInput("With several quantization types, give the Ollama name without a tag; each type becomes a tag.")
     if not isinstance(overwrite, bool):
         raise InvalidInput("Overwrite must be true or false.")
-    prompt = check_text("Verification prompt", verify_prompt or DEFAULT_VERIFY_PROMPT, 2000)
+    prompt = check_text("Verification prompt", verify_prompt or DEFAULT_VERIFY_PROMPT, 2000, allow_control=True)
     return ExportRequest(info, base, tmpl, dt, tuple(quants), name, validate_system_prompt(system_prompt),
-                         overwrite, prompt)
+                         overwrite, prompt, source)
 
 
 # -- hashing --------------------------------------------------------------------------

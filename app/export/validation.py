@@ -21,19 +21,25 @@ _HOST = r"[A-Za-z0-9_][A-Za-z0-9_.:-]{0,349}"
 _OLLAMA_NAME = re.compile(rf"(?:(?:{_HOST})/)?(?:{_NAMESPACE}/)?{_PART}(?::{_PART})?")
 _HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}")
 _TEMPLATE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 class InvalidInput(ValueError):
     """A user input that cannot be used; the message is shown as is."""
 
 
-def check_text(label: str, value: object, max_len: int = 4096) -> str:
+def check_text(label: str, value: object, max_len: int = 4096, allow_control: bool = False) -> str:
+    """Text of bounded length without NUL; names and paths also refuse every other control character
+    (C0 and C1: a NEL or a line break in a path is never intended, and YAML would fold it)."""
     if not isinstance(value, str):
         raise InvalidInput(f"{label} must be text.")
     if "\x00" in value:
         raise InvalidInput(f"{label} cannot contain a NUL character.")
     if len(value) > max_len:
         raise InvalidInput(f"{label} is too long ({len(value)} characters, at most {max_len}).")
+    if not allow_control and _CONTROL.search(value):
+        char = _CONTROL.search(value).group()
+        raise InvalidInput(f"{label} cannot contain control characters (found U+{ord(char):04X}).")
     return value
 
 
@@ -101,8 +107,11 @@ def validate_quant_types(types: object, dtype: str) -> list[str]:
     return out
 
 
-def validate_template(template: object) -> str:
+def validate_template(template: object, allow_empty: bool = False) -> str:
+    """A LLaMA-Factory template name; empty (when allowed) means "infer it from the run"."""
     text = check_text("Template", template, MAX_TEMPLATE).strip()
+    if allow_empty and not text:
+        return ""
     if not _TEMPLATE.fullmatch(text):
         raise InvalidInput(f"Template {template!r} is not a LLaMA-Factory template name.")
     return text
@@ -122,7 +131,7 @@ def validate_system_prompt(value: object) -> str:
     """Any characters (quotes, newlines, unicode) but NUL; it travels as JSON, never through a shell."""
     if value is None:
         return ""
-    return check_text("System prompt", value, MAX_SYSTEM_PROMPT)
+    return check_text("System prompt", value, MAX_SYSTEM_PROMPT, allow_control=True)
 
 
 def slug(text: str, max_len: int = 48) -> str:

@@ -9,14 +9,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
+from ..runs import base_model_of, discover_run_dirs, is_exportable, read_yaml
 from .status import derive_status, finite
 from .trainer_log import TrainerLogReader
 
-RUN_MARKERS = ("trainer_log.jsonl", "training_args.yaml", "adapter_config.json", "running_log.txt")
 MAX_POINTS = 1500  # per series, what the browser plots
-MAX_DEPTH = 8
 COLUMNS = ["run", "base model", "stage", "status", "progress %", "steps", "epoch", "last loss", "elapsed",
            "remaining", "throughput"]
 
@@ -36,6 +34,7 @@ class TrainingRun:
     remaining: str
     throughput: float | None
     updated: float
+    exportable: bool = False  # holds a LoRA adapter (config and weights)
 
     def row(self) -> list:
         return [self.name, self.base_model, self.stage, self.status,
@@ -50,24 +49,6 @@ class TrainingRun:
         return d
 
 
-def discover_training_dirs(saves: Path) -> list[Path]:
-    """Folders under saves/ holding any run marker; checkpoints inside a run are not runs."""
-    found: list[Path] = []
-    if not saves.is_dir():
-        return found
-    depth0 = len(saves.parts)
-    for dirpath, dirnames, filenames in os.walk(saves):
-        here = Path(dirpath)
-        if any(m in filenames for m in RUN_MARKERS) and here != saves:
-            found.append(here)
-            dirnames.clear()
-            continue
-        if len(here.parts) - depth0 >= MAX_DEPTH:
-            dirnames.clear()
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-    return found
-
-
 def _tail(path: Path, n: int = 4096) -> str:
     try:
         with open(path, "rb") as f:
@@ -76,14 +57,6 @@ def _tail(path: Path, n: int = 4096) -> str:
             return f.read().decode("utf-8", "replace")
     except OSError:
         return ""
-
-
-def _args(path: Path) -> dict:
-    try:
-        data = yaml.safe_load((path / "training_args.yaml").read_text())
-        return data if isinstance(data, dict) else {}
-    except (OSError, yaml.YAMLError):
-        return {}
 
 
 def decimate(df: pd.DataFrame, limit: int = MAX_POINTS) -> pd.DataFrame:
@@ -113,7 +86,7 @@ class RunTracker:
         now = time.time()
         runs: list[TrainingRun] = []
         with self._lock:
-            for path in discover_training_dirs(self.saves):
+            for path in discover_run_dirs(self.saves):
                 reader = self._reader(path)
                 reader.read_new()
                 last = reader.last
@@ -125,7 +98,7 @@ class RunTracker:
                     mtime = path.stat().st_mtime
                 status = derive_status(last=last, has_results=(path / "train_results.json").exists(),
                                        log_age_s=now - mtime, running_log_tail=_tail(path / "running_log.txt"))
-                args = _args(path)
+                args = read_yaml(path / "training_args.yaml")
                 cur, total = (last or {}).get("current_steps"), (last or {}).get("total_steps")
                 progress = finite((last or {}).get("percentage"))
                 if progress is None and isinstance(cur, (int, float)) and total:
@@ -133,7 +106,7 @@ class RunTracker:
                 runs.append(TrainingRun(
                     name=str(path.relative_to(self.saves)),
                     path=str(path),
-                    base_model=str(args.get("model_name_or_path", "")),
+                    base_model=base_model_of(path),
                     stage=f"{args.get('stage', '?')}/{args.get('finetuning_type', '?')}" if args else "",
                     status=status,
                     progress=100.0 if status == "finished" else progress,
@@ -144,6 +117,7 @@ class RunTracker:
                     remaining="" if status != "running" else str((last or {}).get("remaining_time", "")),
                     throughput=reader.latest.get("throughput"),
                     updated=mtime,
+                    exportable=is_exportable(path),
                 ))
             known = {r.path for r in runs}
             for key in list(self._readers):

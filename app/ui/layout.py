@@ -29,7 +29,7 @@ def tool_tabs(runtime: Runtime) -> list[ToolTab]:
     ]
 
 
-def build_app(runtime: Runtime) -> gr.Blocks:
+def build_app(runtime: Runtime, creds: dict[str, str] | None = None) -> gr.Blocks:
     tools = tool_tabs(runtime)
     with gr.Blocks(title="TuneDeck") as demo:
         gr.Markdown("## TuneDeck — fine-tuning mission control")
@@ -53,7 +53,7 @@ def build_app(runtime: Runtime) -> gr.Blocks:
                 return [gr.skip()] * len(outputs)
             state["version"] = snapshot.version
             state["at"] = time.monotonic()
-            banner_text = "" if snapshot.engine_ok else f"### ⚠️ {snapshot.message}"
+            banner_text = f"### {snapshot.banner}" if snapshot.banner else ""
             names = sorted({c.service for c in snapshot.containers})
             updates = [state, banner_text, snapshot.summary(), services_tab.status_frame(snapshot),
                        gr.update(choices=[services_tab.ALL, *names]),
@@ -66,11 +66,10 @@ def build_app(runtime: Runtime) -> gr.Blocks:
             return updates
 
         demo.load(render, inputs=[view], outputs=outputs, api_visibility="private")
-        demo.load(export["refresh"], [export["run"]], [export["run"], export["runs_table"]],
+        demo.load(export["refresh"], [export["run"]], [export["run"], export["runs_table"], export["no_runs"]],
                   api_visibility="private")
         demo.load(export["history_table"], None, [export["history"]], api_visibility="private")
-        demo.load(export["ollama_models"], None, [export["models"], export["models_info"]],
-                  api_visibility="private")
+        demo.load(export["ollama_models"], None, export["model_outputs"], api_visibility="private")
         demo.load(runs["refresh"], [runs["select"], runs["state"]], runs["outputs"], api_visibility="private")
         runs["export_button"].click(runs["export_target"], [runs["select"]], [export["run"], tabs],
                                     api_visibility="private")

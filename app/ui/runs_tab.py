@@ -9,6 +9,9 @@ from ..runtime import Runtime
 from ..training.tracker import COLUMNS, RunTracker
 
 REFRESH_S = 2.0
+EMPTY = ("**No training runs yet.** A run appears here within seconds of starting: train from the "
+         "**Training** tab (LLaMA Board writes to `saves/<model>/lora/<run>`), or run "
+         "`llamafactory-cli train` with `output_dir` under `{saves}`.")
 
 
 def build(runtime: Runtime) -> dict:
@@ -27,9 +30,10 @@ def build(runtime: Runtime) -> dict:
         key = (tuple(r.row().__repr__() for r in runs), tuple(selected),
                tuple(tracker.points(n) for n in selected))
         if state and state.get("key") == repr(key):
-            return [gr.skip()] * 5
+            return [gr.skip()] * 6
         loss, lr = tracker.curves(selected)
-        return (tracker.frame(runs), gr.update(choices=names, value=selected), loss, lr, {"key": repr(key)})
+        empty = gr.update(visible=not runs, value=EMPTY.format(saves=tracker.saves))
+        return (tracker.frame(runs), gr.update(choices=names, value=selected), loss, lr, {"key": repr(key)}, empty)
 
     def replot(selected: list[str] | None):
         loss, lr = tracker.curves(selected or [])
@@ -41,13 +45,15 @@ def build(runtime: Runtime) -> dict:
             raise gr.Error("Select a finished run first.", print_exception=False)
         by_name = {r.name: r for r in tracker.scan()}
         chosen = [by_name[n] for n in selected if n in by_name]
-        finished = [r for r in chosen if r.status == "finished"]
+        finished = [r for r in chosen if r.status == "finished" and r.exportable]
         if not finished:
-            states = ", ".join(f"{r.name} is {r.status}" for r in chosen) or "the selected runs are gone"
-            raise gr.Error(f"Only finished runs can be exported: {states}.", print_exception=False)
+            states = ", ".join(f"{r.name} is {r.status}" + ("" if r.exportable else " and holds no LoRA adapter")
+                               for r in chosen) or "the selected runs are gone"
+            raise gr.Error(f"Only finished LoRA runs can be exported: {states}.", print_exception=False)
         return gr.update(value=finished[-1].name), gr.Tabs(selected="export")
 
     with gr.Tab("Runs", id="runs", elem_id="tab-runs"):
+        empty = gr.Markdown(EMPTY.format(saves=tracker.saves), elem_id="runs-empty")
         table = gr.Dataframe(pd.DataFrame(columns=COLUMNS), interactive=False, elem_id="runs-table",
                              max_height=320, wrap=True)
         with gr.Row():
@@ -61,10 +67,9 @@ def build(runtime: Runtime) -> dict:
                                   x_title="step", y_title="lr", height=320)
         state = gr.State({})
         private = {"api_visibility": "private", "show_progress": "hidden"}
-        outputs = [table, select, loss_plot, lr_plot, state]
+        outputs = [table, select, loss_plot, lr_plot, state, empty]
         gr.Timer(REFRESH_S).tick(refresh, [select, state], outputs, concurrency_limit=None, **private)
         select.input(replot, [select], [loss_plot, lr_plot], **private)
-        hidden = gr.JSON(visible=False)
-        gr.Button(visible=False).click(training_runs, None, [hidden], api_name="training_runs")
+        gr.api(training_runs, api_name="training_runs", concurrency_limit=None)
     return {"refresh": refresh, "outputs": outputs, "select": select, "state": state, "export_button": export_b,
             "export_target": export_target}

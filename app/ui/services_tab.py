@@ -8,6 +8,7 @@ import threading
 import time
 from collections import deque
 from pathlib import Path
+from typing import AsyncIterator
 
 import gradio as gr
 import pandas as pd
@@ -24,6 +25,8 @@ MAX_VISIBLE = 2000       # lines the browser holds
 TRIM_SLACK = 500         # trim in batches so most updates are cheap appends
 POLL_S = 0.1
 ACTIONS = ("start", "stop", "restart")
+DOWNLOADS_KEPT = 20      # log files kept for download; older ones are deleted
+DOWNLOAD_DIR = Path(tempfile.gettempdir()) / "tunedeck-log-downloads"
 
 
 def status_frame(snapshot: Snapshot) -> pd.DataFrame:
@@ -68,7 +71,9 @@ def parse_tail(value) -> int:
 
 
 class FollowTokens:
-    """The newest follow per browser session: starting a new one ends the previous at once."""
+    """The newest follow per browser session: starting a new one ends the previous at once.
+    A session's entry is dropped when its newest follow ends, so the map never outgrows the
+    number of sessions following right now."""
 
     def __init__(self) -> None:
         self._tokens: dict[str, int] = {}
@@ -81,6 +86,27 @@ class FollowTokens:
 
     def current(self, session: str, token: int) -> bool:
         return self._tokens.get(session) == token
+
+    def done(self, session: str, token: int) -> None:
+        with self._lock:
+            if self._tokens.get(session) == token:
+                del self._tokens[session]
+
+    def __len__(self) -> int:
+        return len(self._tokens)
+
+
+def save_download(text: str, directory: Path = DOWNLOAD_DIR, keep: int = DOWNLOADS_KEPT) -> Path:
+    """Write a log for download into one folder, keeping only the newest `keep` files."""
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f"tunedeck-logs-{time.strftime('%Y%m%d-%H%M%S')}-", suffix=".log",
+                                dir=directory)
+    with open(fd, "w", encoding="utf-8") as f:
+        f.write(text + "\n")
+    files = sorted(directory.glob("tunedeck-logs-*.log"), key=lambda p: p.stat().st_mtime)
+    for old in files[:-keep]:
+        old.unlink(missing_ok=True)
+    return Path(name)
 
 
 def build(runtime: Runtime) -> dict:
@@ -134,8 +160,10 @@ def build(runtime: Runtime) -> dict:
                     return
         finally:
             follower.close()
+            tokens.done(session, token)
 
-    async def follow_api(choice: str, tail: float, pattern: str, regex: bool, timestamps: bool):
+    async def follow_api(choice: str, tail: float, pattern: str, regex: bool,
+                         timestamps: bool) -> AsyncIterator[str]:
         """Follow logs for API clients: each streamed value is a batch of NEW lines, the first one
         empty (public: /logs)."""
         targets, n, matcher = prepare(choice, tail, pattern, regex)
@@ -166,15 +194,14 @@ def build(runtime: Runtime) -> dict:
                 "containers": frame.to_dict(orient="records")}
 
     def stop_follow(request: gr.Request):
-        tokens.new(request.session_hash if request else "api")
+        session = request.session_hash if request else "api"
+        tokens.done(session, tokens.new(session))
         return "stopped"
 
     def save_log(text: str):
         if not text:
             raise gr.Error("Nothing to download yet: follow a service first.", print_exception=False)
-        path = Path(tempfile.mkdtemp(prefix="tunedeck-logs-")) / f"tunedeck-logs-{time.strftime('%Y%m%d-%H%M%S')}.log"
-        path.write_text(text + "\n", encoding="utf-8")
-        return gr.update(value=str(path), visible=True)
+        return gr.update(value=str(save_download(text)), visible=True)
 
     def control(container: str, action: str, confirm: bool) -> str:
         """Start, stop or restart a container of this stack (public: /control; needs confirm=true)."""
@@ -249,15 +276,12 @@ def build(runtime: Runtime) -> dict:
               follow_ui, inputs, [log_view, log_state], concurrency_limit=None, show_progress="hidden", **private)
         stop_follow_b.click(stop_follow, None, [log_state], **private)
         download_b.click(save_log, [log_view], [log_file], **private)
-        hidden_out = gr.Textbox(visible=False)
-        gr.Button(visible=False).click(follow_api, inputs, [hidden_out], api_name="logs", concurrency_limit=None)
-        gr.Button(visible=False).click(status_api, None, [gr.JSON(visible=False)], api_name="status",
-                                       concurrency_limit=None)
-        gr.Button(visible=False).click(control, [target, gr.Textbox(visible=False), gr.Checkbox(visible=False)],
-                                       [hidden_out], api_name="control")
+        gr.api(follow_api, api_name="logs", concurrency_limit=None)
+        gr.api(status_api, api_name="status", concurrency_limit=None, queue=False)
+        gr.api(control, api_name="control", concurrency_limit=None)
         for button, action in ((start_b, "start"), (stop_b, "stop"), (restart_b, "restart")):
             button.click(lambda c, a=action: ask(c, a), [target], [confirm_text, confirm_b, cancel_b, pending],
                          **private)
         confirm_b.click(confirmed, [target, pending], [confirm_text, confirm_b, cancel_b, control_result], **private)
         cancel_b.click(dismiss, None, [confirm_text, confirm_b, cancel_b, control_result], **private)
-    return {"summary": summary, "table": table, "service": service, "target": target}
+    return {"summary": summary, "table": table, "service": service, "target": target, "tokens": tokens}

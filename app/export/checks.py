@@ -1,4 +1,4 @@
-"""Pre-flight checks run before any export work; each failure is one clear sentence."""
+"""Checks run before any export work (base model, adapter fit, disk); each failure is one clear sentence."""
 
 from __future__ import annotations
 

@@ -1,0 +1,48 @@
+"""The export stages, one module each. A stage is `run(ctx)`: it reads the plan, does its work
+through `ctx.tools` (tool containers) or `ctx.ollama`, and records results on the job."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ...config import Settings
+from ...docker_gateway import DockerGateway
+from ...ollama import OllamaClient
+from ..history import History
+from ..jobs import ExportJob
+from ..plan import ExportPlan, ExportRequest
+from ..reuse import Stamps
+from ..runner import ToolRunner
+
+
+@dataclass
+class StageContext:
+    job: ExportJob
+    settings: Settings
+    gateway: DockerGateway
+    ollama: OllamaClient
+    history: History
+    tools: ToolRunner
+    skip: set[str] = field(default_factory=set)
+    stamps: Stamps | None = None
+
+    @property
+    def plan(self) -> ExportPlan:
+        assert self.job.plan is not None, "the plan is made by the preflight stage"
+        return self.job.plan
+
+    @property
+    def request(self) -> ExportRequest:
+        return self.job.request
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.settings.data_dir)
+
+    def emit(self, text: str) -> None:
+        self.job.emit(text)
+
+    def artifact(self, path: Path) -> None:
+        """List a finished file in the job's result."""
+        self.job.update_result("artifacts", **{path.name: {"file": str(path), "bytes": path.stat().st_size}})

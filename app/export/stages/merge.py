@@ -1,0 +1,52 @@
+"""Merge: LLaMA-Factory folds the LoRA adapter into the base weights (`llamafactory-cli export`)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from .. import commands
+from ..jobs import StageFailed
+from ..plan import partial
+from . import StageContext
+
+# Files llama.cpp's converter reads to build the GGUF vocabulary; LLaMA-Factory's export saves only
+# what the current transformers writes (no `tokenizer.model` for SentencePiece families, say).
+TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "added_tokens.json", "vocab.json", "merges.txt", "generation_config.json")
+
+
+def run(ctx: StageContext) -> None:
+    plan, req = ctx.plan, ctx.request
+    if "merge" in ctx.skip:
+        ctx.emit(f"reused {plan.merged_dir}")
+        ctx.job.set_stage_status("merge", "reused")
+    else:
+        plan.workdir.mkdir(parents=True, exist_ok=True)
+        out = ctx.job.add_partial(partial(plan.merged_dir))
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir()  # claimed before the tool starts, so a cancel at any moment has something to clean
+        plan.merge_yaml.write_text(commands.merge_yaml(req.base_model, req.run.path, req.template, str(out)))
+        ctx.tools.run(ctx.job, commands.merge_command(ctx.settings, plan.merge_yaml), "merge")
+        if not (out / "config.json").is_file():
+            raise StageFailed("LLaMA-Factory finished but wrote no config.json into the merged folder.")
+        for name in carry_tokenizer_files(Path(req.base_model), out):
+            ctx.emit(f"carried over {name} from the base model (the merge did not save it; the converter needs it)")
+        shutil.rmtree(plan.merged_dir, ignore_errors=True)
+        os.replace(out, plan.merged_dir)
+        ctx.stamps.write("merge", plan.merged_dir)
+    ctx.job.set_result("merged_dir", str(plan.merged_dir))
+
+
+def carry_tokenizer_files(base: Path, merged: Path) -> list[str]:
+    """Copy each tokenizer file of a local base that the merged folder lacks; returns their names."""
+    if not base.is_dir():
+        return []
+    carried = []
+    for name in TOKENIZER_FILES:
+        src, dst = base / name, merged / name
+        if src.is_file() and not dst.exists():
+            shutil.copy2(src, dst)
+            carried.append(name)
+    return carried

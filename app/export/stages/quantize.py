@@ -1,0 +1,38 @@
+"""Quantize: `llama-quantize` writes one GGUF per chosen type from the converted file."""
+
+from __future__ import annotations
+
+import os
+
+from .. import commands
+from ..jobs import StageFailed
+from ..plan import partial
+from . import StageContext
+
+PROGRESS = (0.45, 0.6)
+
+
+def run(ctx: StageContext) -> None:
+    plan, job = ctx.plan, ctx.job
+    if not plan.quantized:
+        ctx.emit("no quantization type chosen: the converted GGUF goes to Ollama")
+        job.set_stage_status("quantize", "skipped")
+        return
+    reused = 0
+    for i, (q, path) in enumerate(plan.quantized.items()):
+        job.check_cancel()
+        job.progress = PROGRESS[0] + (PROGRESS[1] - PROGRESS[0]) * i / len(plan.quantized)
+        if f"quantize:{q}" in ctx.skip:
+            ctx.emit(f"reused {path.name}")
+            reused += 1
+        else:
+            out = job.add_partial(partial(path))
+            out.touch()
+            ctx.tools.run(job, commands.quantize_command(ctx.settings, plan.gguf, out, q), f"quantize {q}")
+            if not out.is_file():
+                raise StageFailed(f"llama-quantize finished but wrote no {q} file.")
+            os.replace(out, path)
+            ctx.stamps.write(f"quantize:{q}", path)
+        ctx.artifact(path)
+    if reused == len(plan.quantized):
+        job.set_stage_status("quantize", "reused")

@@ -1,0 +1,86 @@
+"""Read a GGUF file's metadata (header only, pure Python): what llama.cpp and Ollama will do with it,
+e.g. whether they add a BOS token themselves, without loading any weights."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+_STRING, _ARRAY = 8, 9
+MAX_STRING = 1 << 26
+SMALL_ARRAY = 64  # arrays longer than this (token lists) are skipped, their length kept
+
+
+class NotGGUF(ValueError):
+    pass
+
+
+class _Reader:
+    def __init__(self, f) -> None:
+        self.f = f
+
+    def read(self, fmt: str):
+        size = struct.calcsize(fmt)
+        data = self.f.read(size)
+        if len(data) != size:
+            raise NotGGUF("truncated GGUF header")
+        return struct.unpack(fmt, data)[0]
+
+    def string(self) -> str:
+        n = self.read("<Q")
+        if n > MAX_STRING:
+            raise NotGGUF("corrupt GGUF string length")
+        return self.f.read(n).decode("utf-8", "replace")
+
+    def skip_string(self) -> None:
+        n = self.read("<Q")
+        if n > MAX_STRING:
+            raise NotGGUF("corrupt GGUF string length")
+        self.f.seek(n, 1)
+
+    def value(self, vtype: int):
+        if vtype in _SCALARS:
+            return self.read(_SCALARS[vtype])
+        if vtype == _STRING:
+            return self.string()
+        if vtype == _ARRAY:
+            itype, count = self.read("<I"), self.read("<Q")
+            if count <= SMALL_ARRAY:
+                return [self.value(itype) for _ in range(count)]
+            if itype in _SCALARS:
+                self.f.seek(struct.calcsize(_SCALARS[itype]) * count, 1)
+            elif itype == _STRING:
+                for _ in range(count):
+                    self.skip_string()
+            else:
+                raise NotGGUF(f"unsupported nested GGUF array of type {itype}")
+            return {"array_length": count}
+        raise NotGGUF(f"corrupt GGUF value type {vtype}")
+
+
+def read_metadata(path: Path) -> dict:
+    """Every metadata key of a GGUF file (long arrays as {"array_length": n}); raises NotGGUF."""
+    with open(path, "rb") as f:
+        if f.read(4) != b"GGUF":
+            raise NotGGUF(f"{Path(path).name} is not a GGUF file")
+        r = _Reader(f)
+        version = r.read("<I")
+        if version not in (2, 3):
+            raise NotGGUF(f"unsupported GGUF version {version}")
+        r.read("<Q")  # tensor count
+        n_kv = r.read("<Q")
+        meta: dict = {"GGUF.version": version}
+        for _ in range(n_kv):
+            key = r.string()
+            meta[key] = r.value(r.read("<I"))
+    return meta
+
+
+def adds_bos(meta: dict) -> bool:
+    """Whether llama.cpp prepends BOS when it tokenizes a prompt (its default is true for SPM/BPE
+    vocabularies that declare no preference)."""
+    value = meta.get("tokenizer.ggml.add_bos_token")
+    if value is None:
+        return meta.get("tokenizer.ggml.model") in ("llama",)
+    return bool(value)

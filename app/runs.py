@@ -1,0 +1,181 @@
+"""What a training run is, in one place: a folder under `saves/` (any depth) holding one of
+LLaMA-Factory's run files. A run is *exportable* once it holds a LoRA adapter (config and
+weights). The Runs tab and the Export tab both discover runs here. Pure filesystem reads.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import yaml
+
+from .export.validation import InvalidInput, confine
+
+RUN_MARKERS = ("trainer_log.jsonl", "training_args.yaml", "adapter_config.json", "running_log.txt")
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+MAX_DEPTH = 8
+_FRONT_MATTER = re.compile(r"\A---\s*\n(.*?)\n---\s*(?:\n|\Z)", re.S)
+_DATASET_SENTENCE = re.compile(r"fine-tuned version of .*? on the (.+?) datasets?\b", re.S)
+
+
+def discover_run_dirs(saves: Path) -> list[Path]:
+    """Folders under saves/ holding any run file; folders inside a run (checkpoints) are not runs."""
+    found: list[Path] = []
+    saves = Path(saves)
+    if not saves.is_dir():
+        return found
+    depth0 = len(saves.parts)
+    for dirpath, dirnames, filenames in os.walk(saves, followlinks=False):
+        here = Path(dirpath)
+        if here != saves and any(m in filenames for m in RUN_MARKERS):
+            found.append(here)
+            dirnames.clear()
+            continue
+        if len(here.parts) - depth0 >= MAX_DEPTH:
+            dirnames.clear()
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+    return found
+
+
+def is_exportable(path: Path) -> bool:
+    path = Path(path)
+    return (path / "adapter_config.json").is_file() and any((path / w).is_file() for w in ADAPTER_WEIGHTS)
+
+
+def read_json(path: Path) -> dict:
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def model_card(path: Path) -> tuple[dict, str]:
+    """(front matter, body) of the run's README.md, the model card the trainer writes."""
+    try:
+        text = (Path(path) / "README.md").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return {}, ""
+    match = _FRONT_MATTER.match(text)
+    if not match:
+        return {}, text
+    try:
+        meta = yaml.safe_load(match.group(1))
+    except yaml.YAMLError:
+        meta = None
+    return (meta if isinstance(meta, dict) else {}), text[match.end():]
+
+
+def base_model_of(path: Path) -> str:
+    """training_args.yaml, else adapter_config.json, else the model card's `base_model`."""
+    args = read_yaml(Path(path) / "training_args.yaml")
+    if args.get("model_name_or_path"):
+        return str(args["model_name_or_path"])
+    adapter = read_json(Path(path) / "adapter_config.json")
+    if adapter.get("base_model_name_or_path"):
+        return str(adapter["base_model_name_or_path"])
+    meta, _ = model_card(path)
+    base = meta.get("base_model")
+    if isinstance(base, list):
+        base = base[0] if base else ""
+    return str(base or "")
+
+
+def datasets_of(path: Path) -> tuple[list[str], str]:
+    """(dataset names, dataset dir as written) the run was trained on, from its arguments or model card."""
+    args = read_yaml(Path(path) / "training_args.yaml")
+    names = args.get("dataset")
+    dataset_dir = str(args.get("dataset_dir") or "")
+    if not names:
+        meta, body = model_card(path)
+        names = meta.get("datasets")
+        if not names:
+            match = _DATASET_SENTENCE.search(body)
+            names = re.split(r",\s*|\s+and\s+", match.group(1)) if match else []
+    if isinstance(names, str):
+        names = names.split(",")
+    return [str(n).strip() for n in names or [] if str(n).strip()], dataset_dir
+
+
+def last_loss(log_path: Path, tail_bytes: int = 65536) -> float | None:
+    """The last finite `loss` in trainer_log.jsonl, reading only the file's tail."""
+    try:
+        with open(log_path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - tail_bytes))
+            lines = f.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        try:
+            value = json.loads(line).get("loss")
+        except (ValueError, AttributeError):
+            continue
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            return float(value)
+    return None
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """An exportable run, as the Export tab and the API see it."""
+
+    name: str            # path relative to saves/, e.g. "Qwen2-0.5B/lora/train_2026-11-28"
+    path: str            # absolute path of the run folder
+    base_model: str
+    template: str        # from training_args.yaml; "" = infer from the run's tokenizer at export
+    finetuning_type: str
+    finished_at: float   # mtime of the adapter weights
+    last_loss: float | None
+
+    def as_dict(self) -> dict:
+        """JSON for the API; `folder`, not `path`, since gradio_client treats `path` keys as files."""
+        d = asdict(self)
+        d["folder"] = d.pop("path")
+        return d
+
+
+def read_run(saves: Path, path: Path) -> RunInfo:
+    args = read_yaml(path / "training_args.yaml")
+    weights = next(path / w for w in ADAPTER_WEIGHTS if (path / w).is_file())
+    return RunInfo(
+        name=str(path.relative_to(saves)),
+        path=str(path),
+        base_model=base_model_of(path),
+        template=str(args.get("template") or ""),
+        finetuning_type=str(args.get("finetuning_type") or "lora"),
+        finished_at=weights.stat().st_mtime,
+        last_loss=last_loss(path / "trainer_log.jsonl"),
+    )
+
+
+def discover_runs(data_dir: Path) -> list[RunInfo]:
+    """Every exportable run under saves/, newest first."""
+    saves = Path(data_dir) / "saves"
+    runs = [read_run(saves, p) for p in discover_run_dirs(saves) if is_exportable(p)]
+    runs.sort(key=lambda r: r.finished_at, reverse=True)
+    return runs
+
+
+def find_run(data_dir: Path, name: str) -> RunInfo | None:
+    saves = Path(data_dir) / "saves"
+    try:
+        path = confine(saves, name, "Run")
+    except InvalidInput:
+        raise InvalidInput(f"Run {name!r} is outside {saves}.") from None
+    if not path.is_dir() or not is_exportable(path):
+        return None
+    return read_run(saves.resolve(), path)
