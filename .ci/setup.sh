@@ -54,7 +54,7 @@ if [ ! -f "$APP_VENV/.done" ]; then
 fi
 
 # --- llama.cpp (converter + llama-quantize), from the llama-cpp-python sdist --------------
-LLAMA_DIR="$CACHE/llama.cpp-$LLAMA_CPP_PYTHON_VERSION-$(echo "$LLAMA_TOOLS" | sha256sum | cut -c1-8)"
+LLAMA_DIR="$CACHE/llama.cpp-$LLAMA_CPP_PYTHON_VERSION-$(echo "$LLAMA_TOOLS $LLAMA_CMAKE_FLAGS" | sha256sum | cut -c1-8)"
 SDIST="llama_cpp_python-$LLAMA_CPP_PYTHON_VERSION"
 if [ ! -f "$LLAMA_DIR/.done" ]; then
   log "building llama.cpp $LLAMA_CPP_PYTHON_VERSION ($LLAMA_TOOLS; ~6 min on 2 cores)"
@@ -65,9 +65,10 @@ if [ ! -f "$LLAMA_DIR/.done" ]; then
   mkdir -p "$LLAMA_DIR/src"
   tar xzf "$CACHE/dl/$SDIST.tar.gz" -C "$LLAMA_DIR/src"
   VENDOR="$LLAMA_DIR/src/$SDIST/vendor/llama.cpp"
+  # shellcheck disable=SC2086
   cmake -S "$VENDOR" -B "$LLAMA_DIR/build" -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=ON \
     -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
-    -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_TOOLS=ON >"$LLAMA_DIR/cmake.log" 2>&1
+    -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_TOOLS=ON $LLAMA_CMAKE_FLAGS >"$LLAMA_DIR/cmake.log" 2>&1
   # shellcheck disable=SC2086
   cmake --build "$LLAMA_DIR/build" --target $LLAMA_TOOLS -j"$(nproc)" >>"$LLAMA_DIR/cmake.log" 2>&1 \
     || { tail -n 40 "$LLAMA_DIR/cmake.log" >&2; exit 1; }

@@ -81,23 +81,22 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     from .runtime import Runtime
-    from .ui.layout import CSS, build_app
+    from .ui.layout import build_app, launch
 
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, frame: stop.set())
     runtime = Runtime.create(settings).start()
-    demo = build_app(runtime, creds=creds)
-    demo.launch(
+    demo = build_app(runtime, login=bool(creds))
+    launch(
+        demo, runtime,
         server_name=args.host,
         server_port=args.port,
         share=args.share,
         root_path=args.root_path or None,
         auth=make_checker(creds) if creds else None,
         auth_message="TuneDeck login" if creds else None,
-        css=CSS,
         footer_links=["api"],
-        prevent_thread_lock=True,
     )
     if args.share and not demo.share_url:
         print(

@@ -78,8 +78,9 @@ ENV_VARS: tuple[EnvVar, ...] = (
     ),
     EnvVar(
         "TUNEDECK_EASYDATASET_DIR",
-        "/app/local-db",
-        "easy-dataset's project folder (its `local-db`), mounted at this same path in the app and LLaMA-Factory.",
+        "{data_dir}/easy-dataset/local-db",
+        "easy-dataset's project folder (its `local-db`; its database is in `../prisma`), where its "
+        "\"Use in LLaMA Factory\" exports appear.",
     ),
     EnvVar("TUNEDECK_PYTHON", "python3", "Python inside the LLaMA-Factory and llama.cpp containers."),
     EnvVar("TUNEDECK_PERPLEXITY_BIN", "/app/llama-perplexity",
@@ -139,7 +140,7 @@ class Settings:
     tensorboard_url: str
     log_level: str = "info"
     llamafactory_data: Path = Path("/srv/tunedeck/data")
-    easydataset_dir: Path = Path("/app/local-db")
+    easydataset_dir: Path = Path("/srv/tunedeck/easy-dataset/local-db")
     python: str = "python3"
     perplexity_bin: str = "/app/llama-perplexity"
     imatrix_bin: str = "/app/llama-imatrix"
@@ -181,14 +182,14 @@ class Settings:
             tensorboard_url=get("TUNEDECK_TENSORBOARD_URL"),
             log_level=_choice("TUNEDECK_LOG_LEVEL", get("TUNEDECK_LOG_LEVEL"), LOG_LEVELS),
             llamafactory_data=Path(get("TUNEDECK_LLAMAFACTORY_DATA").replace("{data_dir}", str(data_dir))).absolute(),
-            easydataset_dir=Path(get("TUNEDECK_EASYDATASET_DIR")).absolute(),
+            easydataset_dir=Path(get("TUNEDECK_EASYDATASET_DIR").replace("{data_dir}", str(data_dir))).absolute(),
             python=get("TUNEDECK_PYTHON"),
             perplexity_bin=get("TUNEDECK_PERPLEXITY_BIN"),
             imatrix_bin=get("TUNEDECK_IMATRIX_BIN"),
             bench_bin=get("TUNEDECK_BENCH_BIN"),
             kl_threshold=_number("TUNEDECK_KL_THRESHOLD", get("TUNEDECK_KL_THRESHOLD"), 0.0, 10.0),
             fidelity_min=_number("TUNEDECK_FIDELITY_MIN", get("TUNEDECK_FIDELITY_MIN"), 0.0, 1.0),
-            session_hours=_number("TUNEDECK_SESSION_HOURS", get("TUNEDECK_SESSION_HOURS"), 0.01, 24 * 366),
+            session_hours=_number("TUNEDECK_SESSION_HOURS", get("TUNEDECK_SESSION_HOURS"), 0.001, 24 * 366),
         )
 
 

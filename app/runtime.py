@@ -9,6 +9,7 @@ from .config import Settings
 from .docker_gateway import DockerGateway
 from .log_hub import LogHub
 from .ollama import OllamaClient
+from .sessions import SessionGuard
 from .status_monitor import StatusMonitor
 
 
@@ -23,6 +24,7 @@ class Runtime:
     monitor: StatusMonitor
     ollama: OllamaClient
     logs: LogHub
+    sessions: SessionGuard
     _exports: object = None
     _exports_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -31,7 +33,7 @@ class Runtime:
         gateway = DockerGateway(settings.project, base_url=settings.docker_host)
         monitor = StatusMonitor(gateway, settings.services)
         return cls(settings=settings, gateway=gateway, monitor=monitor, ollama=OllamaClient(settings.ollama_url),
-                   logs=LogHub(gateway))
+                   logs=LogHub(gateway), sessions=SessionGuard(settings.session_hours * 3600))
 
     def start(self) -> "Runtime":
         self.monitor.start()
@@ -68,6 +70,7 @@ class Runtime:
         return done
 
     def close(self) -> None:
+        self.sessions.close()
         self.logs.close()
         self.monitor.close()
         self.ollama.close()

@@ -130,3 +130,11 @@ def screenshots(tmp_path_factory) -> Path:
     path = Path(target) if target else tmp_path_factory.mktemp("screenshots")
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+@pytest.fixture
+def tools_stack(stack, tmp_path):
+    """TensorBoard (real), a Gradio app under /llamafactory, a static easy-dataset, in labelled containers."""
+    from tests.harness.upstreams import start_tool_upstreams
+
+    return start_tool_upstreams(stack, tmp_path)

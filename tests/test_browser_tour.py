@@ -6,7 +6,7 @@ from playwright.sync_api import expect
 from tests.harness.caddy import running_caddy
 
 pytestmark = pytest.mark.browser
-TABS = ["Services", "Dataset", "Training", "TensorBoard", "Runs", "Export"]
+TABS = ["Services", "Dataset prep", "Datasets", "Training", "TensorBoard", "Runs", "Export"]
 
 
 def test_every_tab_through_caddy(app_server, stack, caddy_bin, page, screenshots):
@@ -22,7 +22,7 @@ def test_every_tab_through_caddy(app_server, stack, caddy_bin, page, screenshots
         for name in TABS:
             page.get_by_role("tab", name=name).click()
             expect(page.get_by_role("tab", name=name)).to_have_attribute("aria-selected", "true")
-        page.get_by_role("tab", name="Dataset").click()
+        page.get_by_role("tab", name="Dataset prep").click()
         expect(page.locator("#frame-dataset")).to_contain_text("easy-dataset service has no container")
         page.get_by_role("tab", name="Services").click()
         page.screenshot(path=str(screenshots / "dashboard.png"), full_page=True)

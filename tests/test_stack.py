@@ -18,9 +18,9 @@ from playwright.sync_api import expect
 
 from tests.harness.appserver import running_app, settings_for
 from tests.harness.caddy import ROOT, running_caddy
-from tests.harness.images import ensure_python_base_image, host_mounts
+from tests.harness.images import ensure_python_base_image
+from tests.harness.upstreams import caddy_upstreams
 from tests.harness.parts import free_port, require, wait_for_port
-from tests.harness.toolbox import run_tools_script, tool_env
 
 COMPOSE = ROOT / "compose" / "docker-compose.yml"
 MODEL_SERVICES = ("app", "llamafactory", "llamacpp", "tensorboard")
@@ -92,50 +92,20 @@ def test_caddyfile_validates(caddy_bin, auth):
     assert out.returncode == 0 and "Valid configuration" in out.stderr + out.stdout
 
 
-# -- stand-in upstreams in labelled containers -------------------------------------------------------------
-@pytest.fixture
-def tools_stack(stack, tmp_path):
-    """TensorBoard (real, on a sample event file), a Gradio app under /llamafactory, a static easy-dataset."""
-    ports = {k: free_port() for k in ("tensorboard", "llamafactory", "dataset")}
-    logdir = tmp_path / "tb"
-    run_tools_script("make_tb_events.py", str(logdir))
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "index.html").write_text("<html><title>easy-dataset stand-in</title><body><h1>easy-dataset stand-in"
-                                     "</h1></body></html>")
-    mounts = host_mounts(ROOT / "tests", tmp_path)
-    tools = tool_env()
-    stack.run("tensorboard", ["tensorboard", "--logdir", str(logdir), "--host", "127.0.0.1", "--port",
-                              str(ports["tensorboard"]), "--path_prefix", "/tensorboard"],
-              environment=tools, volumes=mounts, network_mode="host")
-    stack.run("llamafactory", [APP_PY, str(ROOT / "tests" / "standins" / "gradio_rootpath.py")],
-              environment={"GRADIO_SERVER_PORT": str(ports["llamafactory"]), "GRADIO_ROOT_PATH": "/llamafactory",
-                           "HOME": "/tmp", "GRADIO_ANALYTICS_ENABLED": "False"},
-              volumes=mounts, network_mode="host")
-    dataset = stack.run("easy-dataset", [APP_PY, "-m", "http.server", str(ports["dataset"]), "--bind", "127.0.0.1",
-                                         "--directory", str(site)], volumes=mounts, network_mode="host")
-    for name, port in ports.items():
-        assert wait_for_port(port, 60), f"{name} stand-in did not start"
-    return {"ports": ports, "dataset": dataset}
-
-
 @pytest.mark.browser
 def test_tool_tabs_load_through_caddy(stack, tools_stack, data_dir, caddy_bin, page, screenshots):
     ports = tools_stack["ports"]
     http_port, ds_port = free_port(), free_port()
     settings = settings_for(tunedeck_project=stack.project, tunedeck_data_dir=str(data_dir),
                             tunedeck_dataset_url=f"{{scheme}}://{{hostname}}:{ds_port}/")
-    with running_app(settings) as app, running_caddy(
-        {"TUNEDECK_UPSTREAM": f"127.0.0.1:{app.port}", "TENSORBOARD_UPSTREAM": f"127.0.0.1:{ports['tensorboard']}",
-         "LLAMAFACTORY_UPSTREAM": f"127.0.0.1:{ports['llamafactory']}",
-         "EASYDATASET_UPSTREAM": f"127.0.0.1:{ports['dataset']}"}, port=http_port, dataset_port=ds_port,
-    ) as caddy:
+    with running_app(settings) as app, running_caddy(caddy_upstreams(app.port, ports), port=http_port,
+                                                      dataset_port=ds_port) as caddy:
         # the browser comes in on "localhost": iframe URLs must follow that, not a fixed host
         entry = caddy.url.replace("127.0.0.1", "localhost")
         page.goto(entry + "/")
         expect(page.locator("#status-summary")).to_contain_text("3 running")
 
-        page.get_by_role("tab", name="Dataset").click()
+        page.get_by_role("tab", name="Dataset prep").click()
         frame = page.locator("#frame-dataset iframe")
         expect(frame).to_have_attribute("src", f"http://localhost:{ds_port}/")
         expect(page.frame_locator("#frame-dataset iframe").locator("h1")).to_have_text("easy-dataset stand-in")
@@ -155,7 +125,7 @@ def test_tool_tabs_load_through_caddy(stack, tools_stack, data_dir, caddy_bin, p
 
         # a stopped tool: one clear sentence instead of a blank frame
         tools_stack["dataset"].stop(timeout=1)
-        page.get_by_role("tab", name="Dataset").click()
+        page.get_by_role("tab", name="Dataset prep").click()
         expect(page.locator("#frame-dataset")).to_contain_text("easy-dataset service is exited")
         expect(page.locator("#frame-dataset iframe")).to_have_count(0)
 

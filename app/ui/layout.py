@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import html
 import time
 
 import gradio as gr
+from fastapi.routing import APIRoute
 
 from ..runtime import Runtime
-from . import export_tab, runs_tab, services_tab
-from .tool_tabs import ToolTab, build_tool_tab, frame_html, request_origin, resolve_url
+from ..sessions import AUTH_PATH
+from . import datasets_tab, export_tab, runs_tab, services_tab
+from .tool_tabs import TB_HINT, ToolTab, build_tool_tab, frame_html, has_event_files, request_origin, resolve_url
 
 UPTIME_REFRESH_S = 10  # re-render an unchanged table now and then so uptimes move
 
@@ -16,6 +19,7 @@ CSS = """
 .td-frame { width: 100%; height: calc(100vh - 230px); min-height: 480px; border: 0; }
 .td-tool-bar { text-align: right; margin-bottom: 4px; }
 .td-tool-down { padding: 2em; font-size: 1.1em; }
+.td-tool-note { padding: 6px 10px; margin-bottom: 6px; border-radius: 6px; background: #fff7ed; }
 #engine-banner:empty { display: none; }
 """
 
@@ -23,21 +27,38 @@ CSS = """
 def tool_tabs(runtime: Runtime) -> list[ToolTab]:
     s = runtime.settings
     return [
-        ToolTab("dataset", "Dataset", s.dataset_service, s.dataset_url),
+        ToolTab("dataset", "Dataset prep", s.dataset_service, s.dataset_url),
         ToolTab("training", "Training", s.llamafactory_service, s.training_url),
         ToolTab("tensorboard", "TensorBoard", s.tensorboard_service, s.tensorboard_url),
     ]
 
 
-def build_app(runtime: Runtime, creds: dict[str, str] | None = None) -> gr.Blocks:
+def server_routes(runtime: Runtime) -> list[APIRoute]:
+    """Plain HTTP routes beside Gradio's (not in its API): the session check Caddy asks."""
+    return [APIRoute(AUTH_PATH, runtime.sessions.endpoint, methods=["GET", "HEAD"], include_in_schema=False)]
+
+
+def launch(demo: gr.Blocks, runtime: Runtime, **options) -> None:
+    """`demo.launch` with TuneDeck's routes and CSS; follows the login sessions once serving."""
+    demo.launch(app_kwargs={"routes": server_routes(runtime)}, css=CSS, prevent_thread_lock=True, **options)
+    runtime.sessions.start(demo.app)
+
+
+def build_app(runtime: Runtime, login: bool = False) -> gr.Blocks:
     tools = tool_tabs(runtime)
     with gr.Blocks(title="TuneDeck") as demo:
-        gr.Markdown("## TuneDeck — fine-tuning mission control")
+        with gr.Row():
+            gr.Markdown("## TuneDeck — fine-tuning mission control")
+            if login:  # the page is behind a login: offer to end the session (tools included)
+                gr.HTML('<div style="text-align:right"><a href="logout" id="td-logout">Log out</a></div>',
+                        elem_id="logout")
         banner = gr.Markdown("", elem_id="engine-banner")
         view = gr.State({})
         with gr.Tabs(elem_id="tabs") as tabs:
             services = services_tab.build(runtime)
-            frames = [build_tool_tab(tool) for tool in tools]
+            frames = [build_tool_tab(tools[0])]
+            datasets = datasets_tab.build(runtime)
+            frames += [build_tool_tab(tool) for tool in tools[1:]]
             runs = runs_tab.build(runtime)
             export = export_tab.build(runtime)
         outputs = [view, banner, services["summary"], services["table"], services["service"], services["target"],
@@ -58,8 +79,11 @@ def build_app(runtime: Runtime, creds: dict[str, str] | None = None) -> gr.Block
             updates = [state, banner_text, snapshot.summary(), services_tab.status_frame(snapshot),
                        gr.update(choices=[services_tab.ALL, *names]),
                        gr.update(choices=[c.name for c in snapshot.containers])]
+            saves = runtime.settings.data_dir / "saves"
             for tool in tools:
-                body = frame_html(tool, resolve_url(tool.url_template, state.get("origin", {})), snapshot)
+                note = TB_HINT.format(saves=html.escape(str(saves))) \
+                    if tool.key == "tensorboard" and not has_event_files(saves) else ""
+                body = frame_html(tool, resolve_url(tool.url_template, state.get("origin", {})), snapshot, note)
                 key = "frame-" + tool.key
                 updates.append(gr.skip() if state.get(key) == body else body)
                 state[key] = body
@@ -70,6 +94,7 @@ def build_app(runtime: Runtime, creds: dict[str, str] | None = None) -> gr.Block
                   api_visibility="private")
         demo.load(export["history_table"], None, [export["history"]], api_visibility="private")
         demo.load(export["ollama_models"], None, export["model_outputs"], api_visibility="private")
+        demo.load(datasets["load"], None, datasets["outputs"], api_visibility="private")
         demo.load(runs["refresh"], [runs["select"], runs["state"]], runs["outputs"], api_visibility="private")
         runs["export_button"].click(runs["export_target"], [runs["select"]], [export["run"], tabs],
                                     api_visibility="private")

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import html
+import os
+import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Mapping
 
 import gradio as gr
@@ -39,8 +42,32 @@ def resolve_url(template: str, origin: Mapping[str, str]) -> str:
     return url
 
 
-def frame_html(tool: ToolTab, url: str, snapshot: Snapshot) -> str:
-    """The tab body: an iframe when the service runs, else one clear sentence."""
+TB_HINT = ("No TensorBoard event files under {saves} yet, so the board is empty. Training curves appear once a "
+           "run logs to TensorBoard: in LLaMA Board set <b>Report to</b> (Other config) to <code>tensorboard</code>, "
+           "or add <code>report_to: tensorboard</code> to a <code>llamafactory-cli train</code> config. The "
+           "<b>Runs</b> tab shows loss curves of every run either way.")
+_EVENTS_CACHE: dict[str, tuple[float, bool]] = {}
+
+
+def has_event_files(saves: Path, max_age: float = 10.0, limit: int = 20000) -> bool:
+    """Whether any TensorBoard event file exists under saves/ (cached for `max_age` seconds)."""
+    key = str(saves)
+    hit = _EVENTS_CACHE.get(key)
+    if hit and time.monotonic() - hit[0] < max_age:
+        return hit[1]
+    found, seen = False, 0
+    for _dirpath, dirnames, filenames in os.walk(saves):
+        seen += len(filenames)
+        if any(f.startswith("events.out.tfevents") for f in filenames) or seen > limit:
+            found = True
+            break
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+    _EVENTS_CACHE[key] = (time.monotonic(), found)
+    return found
+
+
+def frame_html(tool: ToolTab, url: str, snapshot: Snapshot, note: str = "") -> str:
+    """The tab body: an iframe when the service runs, else one clear sentence; `note` (HTML) goes above."""
     safe_url = html.escape(url, quote=True)
     link = f'<a href="{safe_url}" target="_blank" rel="noopener" class="td-open-link">Open {html.escape(tool.title)} in a new tab ↗</a>'
     if not snapshot.engine_ok:
@@ -60,8 +87,9 @@ def frame_html(tool: ToolTab, url: str, snapshot: Snapshot) -> str:
             f'<div class="td-tool-down" data-tool="{tool.key}"><p>⚠️ {html.escape(reason)}</p>'
             f"<p>{link}</p></div>"
         )
+    note_html = f'<div class="td-tool-note" data-tool="{tool.key}">ℹ️ {note}</div>' if note else ""
     return (
-        f'<div class="td-tool" data-tool="{tool.key}"><div class="td-tool-bar">{link}</div>'
+        f'<div class="td-tool" data-tool="{tool.key}">{note_html}<div class="td-tool-bar">{link}</div>'
         f'<iframe src="{safe_url}" title="{html.escape(tool.title)}" class="td-frame" '
         f'allow="clipboard-read; clipboard-write"></iframe></div>'
     )

@@ -10,7 +10,7 @@ import httpx
 
 from app.config import Settings
 from app.runtime import Runtime
-from app.ui.layout import CSS, build_app
+from app.ui.layout import build_app, launch
 
 from .parts import free_port
 
@@ -31,12 +31,9 @@ def settings_for(**overrides: str) -> Settings:
 @contextmanager
 def running_app(settings: Settings, *, root_path: str | None = None, auth=None) -> Iterator[AppHandle]:
     runtime = Runtime.create(settings).start()
-    demo = build_app(runtime)
+    demo = build_app(runtime, login=auth is not None)
     port = free_port()
-    demo.launch(
-        server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-        css=CSS, root_path=root_path, auth=auth,
-    )
+    launch(demo, runtime, server_name="127.0.0.1", server_port=port, quiet=True, root_path=root_path, auth=auth)
     url = f"http://127.0.0.1:{port}"
     httpx.get(url + "/", timeout=10)
     try:

@@ -2,14 +2,23 @@
 
 No Ollama server can be installed on the test machine. This one speaks the same protocol
 (blobs with digest check, create with NDJSON progress and mid-stream errors, tags, show,
-delete, chat), parses every uploaded GGUF header, refuses a file that is not GGUF, and
-really runs the uploaded model with llama.cpp (llama_cpp.Llama) for chat, rendering the
-model's Go template for the prompt. Run it with the tools venv:
+delete, chat, unload) and keeps its models on disk under --root, as Ollama does under
+/root/.ollama, so they survive a restart. It parses every uploaded GGUF header, refuses a
+file that is not GGUF, and really runs the uploaded model with llama.cpp for chat:
 
-    python ollama_server.py --port 11434 --root /tmp/ollama
+- the prompt is the model's Go template rendered as Ollama does (system messages joined into
+  .System and kept in .Messages; the model's SYSTEM when the request has none);
+- it is tokenized as Ollama's llama.cpp runner does (special tokens parsed, BOS added when
+  the GGUF says so) and `prompt_eval_count` is that token count (every request is a fresh load);
+- tokens stream one by one; generation stops on an end-of-generation token or a stop string
+  (done_reason "stop") or at num_predict ("length"); `"truncate": false` with a prompt longer
+  than num_ctx is refused with Ollama's 400 message;
+- a client that goes away mid-stream ends the generation, and is recorded.
 
-Test hooks (not Ollama API): GET /_standin/requests (create/chat bodies received),
-POST /_standin/fail {"create": "message"} (next create fails mid-stream),
+Run it with the tools venv:  python ollama_server.py --port 11434 --root /tmp/ollama
+
+Test hooks (not Ollama API): GET /_standin/requests (create/chat bodies received, prompts,
+disconnects), POST /_standin/fail {"create": "message"} (next create fails mid-stream),
 POST /_standin/fail {"upload_drop_after": N} (next upload drops the connection after N bytes).
 """
 
@@ -21,10 +30,16 @@ import json
 import os
 import re
 import struct
+import sys
 import threading
+import time
+import urllib.parse
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gotemplate import TemplateError, parse, render  # noqa: E402
 
 FILE_TYPES = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1", 10: "Q2_K", 11: "Q3_K_S",
               12: "Q3_K_M", 13: "Q3_K_L", 14: "Q4_K_S", 15: "Q4_K_M", 16: "Q5_K_S", 17: "Q5_K_M", 18: "Q6_K",
@@ -73,93 +88,32 @@ def read_gguf_header(path: Path) -> dict:
     return {"version": version, "tensors": n_tensors, "metadata": meta}
 
 
-# -- a small Go-template renderer (the subset Ollama templates from LLaMA-Factory use) -----------
-_TOKEN = re.compile(r"\{\{-?\s*(.*?)\s*-?\}\}", re.S)
-
-
-def _parse(template: str):
-    pos, out = 0, []
-    root = {"kind": "root", "body": out}
-    node_stack = [root]
-    cur = out
-    for m in _TOKEN.finditer(template):
-        if m.start() > pos:
-            cur.append(template[pos:m.start()])
-        pos = m.end()
-        expr = m.group(1)
-        if expr.startswith("if "):
-            node = {"kind": "if", "branches": [(expr[3:], [])], "else": None}
-            cur.append(node)
-            node_stack.append(node)
-            cur = node["branches"][0][1]
-        elif expr.startswith("else if "):
-            node = node_stack[-1]
-            node["branches"].append((expr[8:], []))
-            cur = node["branches"][-1][1]
-        elif expr == "else":
-            node = node_stack[-1]
-            node["else"] = []
-            cur = node["else"]
-        elif expr.startswith("range "):
-            node = {"kind": "range", "expr": expr[6:], "body": []}
-            cur.append(node)
-            node_stack.append(node)
-            cur = node["body"]
-        elif expr == "end":
-            node_stack.pop()
-            parent = node_stack[-1]
-            cur = _tail_body(parent)
+# -- Ollama's chat prompt ---------------------------------------------------------------------
+def collate(messages: list[dict]) -> tuple[str, list[dict]]:
+    """Ollama's `collate`: system messages joined into .System, consecutive same-role messages merged."""
+    system, out = [], []
+    for m in messages:
+        role, content = str(m.get("role", "")).lower(), str(m.get("content", ""))
+        if role == "system":
+            system.append(content)
+        if out and out[-1]["Role"] == role and role != "tool":
+            out[-1]["Content"] += "\n\n" + content
         else:
-            cur.append({"kind": "expr", "expr": expr})
-    cur.append(template[pos:])
-    return out
+            out.append({"Role": role, "Content": content})
+    return "\n\n".join(system), out
 
 
-def _tail_body(node):
-    if node["kind"] == "root":
-        return node["body"]
-    if node["kind"] == "range":
-        return node["body"]
-    return node["else"] if node["else"] is not None else node["branches"][-1][1]
-
-
-def _value(expr: str, ctx: dict):
-    expr = expr.strip()
-    if expr.startswith('"') and expr.endswith('"'):
-        return expr[1:-1]
-    if expr.startswith("eq "):
-        a, b = re.findall(r'"[^"]*"|\S+', expr[3:])[:2]
-        return _value(a, ctx) == _value(b, ctx)
-    if expr.startswith("."):
-        return ctx.get(expr[1:], "")
-    raise ValueError(f"unsupported template expression {expr!r}")
-
-
-def _render(nodes, ctx: dict) -> str:
-    out = []
-    for n in nodes:
-        if isinstance(n, str):
-            out.append(n)
-        elif n["kind"] == "expr":
-            out.append(str(_value(n["expr"], ctx)))
-        elif n["kind"] == "if":
-            for cond, body in n["branches"]:
-                if _value(cond, ctx):
-                    out.append(_render(body, ctx))
-                    break
-            else:
-                if n["else"] is not None:
-                    out.append(_render(n["else"], ctx))
-        elif n["kind"] == "range":
-            for item in _value(n["expr"], ctx) or []:
-                out.append(_render(n["body"], {**ctx, **{k.capitalize(): v for k, v in item.items()}}))
-    return "".join(out)
-
-
-def render_template(template: str, system: str, messages: list[dict]) -> str:
-    prompt = messages[-1]["content"] if messages else ""
-    ctx = {"System": system, "Messages": messages, "Prompt": prompt, "Response": ""}
-    return _render(_parse(template), ctx)
+def chat_prompt(spec: dict, messages: list[dict]) -> str:
+    """The text Ollama feeds the model for a chat request."""
+    messages = list(messages)
+    if spec.get("system") and (not messages or messages[0].get("role") != "system"):
+        messages.insert(0, {"role": "system", "content": spec["system"]})
+    system, collated = collate(messages)
+    template = spec.get("template") or "{{ .Prompt }}"
+    if ".Messages" not in template:  # legacy templates see only the last prompt
+        prompt = next((m["Content"] for m in reversed(collated) if m["Role"] == "user"), "")
+        return render(template, {"System": system, "Prompt": prompt, "Response": ""})
+    return render(template, {"System": system, "Messages": collated, "Response": ""})
 
 
 # -- server state ---------------------------------------------------------------------------------
@@ -167,25 +121,64 @@ class State:
     def __init__(self, root: Path) -> None:
         self.root = root
         (root / "blobs").mkdir(parents=True, exist_ok=True)
+        (root / "models").mkdir(parents=True, exist_ok=True)
         self.models: dict[str, dict] = {}
+        for path in sorted((root / "models").glob("*.json")):
+            model = json.loads(path.read_text())
+            self.models[model["tag"]["name"]] = model
         self.requests: list[dict] = []
         self.fail: dict = {}
         self.lock = threading.Lock()
         self._llms: dict[str, object] = {}
+        self._llm_locks: dict[str, threading.Lock] = {}
 
     def blob(self, digest: str) -> Path:
         return self.root / "blobs" / digest.replace(":", "-")
 
-    def llm(self, digest: str):
+    def model_file(self, name: str) -> Path:
+        return self.root / "models" / (urllib.parse.quote(name, safe="") + ".json")
+
+    def save_model(self, name: str, model: dict) -> None:
+        tmp = self.model_file(name).with_suffix(".tmp")
+        tmp.write_text(json.dumps(model))
+        os.replace(tmp, self.model_file(name))
+        self.models[name] = model
+
+    def record(self, entry: dict) -> None:
+        with self.lock:
+            self.requests.append(entry)
+
+    def llm(self, digest: str, n_ctx: int):
+        """(Llama, its lock): one instance per model file, reloaded when num_ctx changes (as Ollama does)."""
         from llama_cpp import Llama
 
-        if digest not in self._llms:
-            self._llms[digest] = Llama(model_path=str(self.blob(digest)), n_ctx=512, verbose=False, seed=0)
-        return self._llms[digest]
+        with self.lock:
+            lock = self._llm_locks.setdefault(digest, threading.Lock())
+            cached = self._llms.get(digest)
+            if cached is None or cached.n_ctx() != n_ctx:
+                if cached is not None:
+                    cached.close()
+                cached = Llama(model_path=str(self.blob(digest)), n_ctx=n_ctx, verbose=False, seed=0, n_threads=2)
+                self._llms[digest] = cached
+            return cached, lock
+
+    def unload(self, digest: str) -> None:
+        with self.lock:
+            llm = self._llms.pop(digest, None)
+        if llm is not None:
+            llm.close()
 
 
 def full_name(name: str) -> str:
     return name if ":" in name.rsplit("/", 1)[-1] else name + ":latest"
+
+
+def _params(spec: dict) -> dict:
+    return dict(spec.get("parameters") or {})
+
+
+class ClientGone(Exception):
+    pass
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -221,12 +214,18 @@ class Handler(BaseHTTPRequestHandler):
 
     def _chunk(self, obj) -> None:
         data = (json.dumps(obj) + "\n").encode()
-        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
-        self.wfile.flush()
+        try:
+            self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+            self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            raise ClientGone() from exc
 
     def _stream_end(self) -> None:
-        self.wfile.write(b"0\r\n\r\n")
-        self.wfile.flush()
+        try:
+            self.wfile.write(b"0\r\n\r\n")
+            self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            pass
 
     def _read(self, size: int):
         while size:
@@ -258,7 +257,7 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         st = self.state
         if self.path == "/api/version":
-            return self._json(200, {"version": "0.12.0-standin"})
+            return self._json(200, {"version": "0.13.0-standin"})
         if self.path == "/api/tags":
             with st.lock:
                 models = [dict(m["tag"]) for m in st.models.values()]
@@ -279,6 +278,7 @@ class Handler(BaseHTTPRequestHandler):
             if name not in self.state.models:
                 return self._json(404, {"error": f"model '{name}' not found"})
             del self.state.models[name]
+            self.state.model_file(name).unlink(missing_ok=True)
         self._empty(200)
 
     def do_POST(self):
@@ -302,6 +302,8 @@ class Handler(BaseHTTPRequestHandler):
             return self._json(200, model["show"])
         if self.path == "/api/chat":
             return self._chat(self._body_json())
+        if self.path == "/api/generate":
+            return self._generate(self._body_json())
         self._json(404, {"error": "not found"})
 
     def _upload(self, digest: str) -> None:
@@ -352,7 +354,10 @@ class Handler(BaseHTTPRequestHandler):
             quant = FILE_TYPES.get(meta.get("general.file_type"), str(meta.get("general.file_type")))
             params = body.get("parameters") or {}
             if body.get("template"):
-                _parse(body["template"])  # refuse a template we cannot render
+                try:
+                    parse(body["template"])  # Ollama refuses a template it cannot parse
+                except TemplateError as exc:
+                    raise ValueError(f"template error: {exc}") from None
                 self._chunk({"status": "using template"})
             self._chunk({"status": "writing manifest"})
             size = st.blob(digest).stat().st_size
@@ -361,17 +366,34 @@ class Handler(BaseHTTPRequestHandler):
                    "digest": hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest(),
                    "details": {"format": "gguf", "family": meta.get("general.architecture", ""),
                                "parameter_size": "", "quantization_level": quant}}
-            param_text = "\n".join(f"{k} {json.dumps(v) if isinstance(v, str) else v}" for k, vs in params.items()
-                                   for v in (vs if isinstance(vs, list) else [vs]))
+            param_text = "\n".join(f"{k:<30} {json.dumps(v) if isinstance(v, str) else v}"
+                                   for k, vs in params.items() for v in (vs if isinstance(vs, list) else [vs]))
             show = {"template": body.get("template", ""), "system": body.get("system", ""),
-                    "parameters": param_text, "details": tag["details"],
+                    "parameters": param_text, "details": tag["details"], "capabilities": ["completion"],
                     "model_info": {k: v for k, v in meta.items() if isinstance(v, (int, float, str))}}
             with st.lock:
-                st.models[full_name(name)] = {"tag": tag, "show": show, "digest": digest, "body": body}
+                st.save_model(full_name(name), {"tag": tag, "show": show, "digest": digest, "body": body})
             self._chunk({"status": "success"})
         except (ValueError, OSError, struct.error) as exc:
             self._chunk({"error": str(exc)})
         self._stream_end()
+
+    def _generate(self, body: dict) -> None:
+        """Only load/unload (empty prompt), which is what TuneDeck uses /api/generate for."""
+        name = full_name(body.get("model") or "")
+        with self.state.lock:
+            model = self.state.models.get(name)
+        if model is None:
+            return self._json(404, {"error": f"model '{name}' not found"})
+        if body.get("prompt"):
+            return self._json(400, {"error": "the stand-in only loads and unloads through /api/generate"})
+        if body.get("keep_alive") in (0, "0", "0s"):
+            self.state.unload(model["digest"])
+            reason = "unload"
+        else:
+            reason = "load"
+        self._json(200, {"model": name, "created_at": datetime.now(timezone.utc).isoformat(), "response": "",
+                         "done": True, "done_reason": reason})
 
     def _chat(self, body: dict) -> None:
         st = self.state
@@ -381,34 +403,98 @@ class Handler(BaseHTTPRequestHandler):
         if model is None:
             return self._json(404, {"error": f"model '{name}' not found"})
         spec = model["body"]
-        messages = [m for m in body.get("messages") or [] if m.get("role") != "system"]
-        system = next((m["content"] for m in body.get("messages") or [] if m.get("role") == "system"),
-                      spec.get("system", ""))
-        template = spec.get("template") or "{{ .Prompt }}"
-        prompt = render_template(template, system, messages)
-        params = spec.get("parameters") or {}
-        options = body.get("options") or {}
-        stops = params.get("stop") or []
-        with st.lock:
-            st.requests.append({"path": "/api/chat", "body": body, "prompt": prompt})
-            llm = st.llm(model["digest"])
-            out = llm.create_completion(prompt, max_tokens=int(options.get("num_predict", 32)), stop=stops,
-                                        temperature=0.0, seed=0)
-        choice = out["choices"][0]
-        done_reason = "stop" if choice["finish_reason"] == "stop" else "length"
+        params = _params(spec)
+        options = {**params, **(body.get("options") or {})}
+        try:
+            prompt = chat_prompt(spec, body.get("messages") or [])
+        except TemplateError as exc:
+            return self._json(500, {"error": f"template: {exc}"})
+        n_ctx = int(options.get("num_ctx") or 4096)
+        started = time.monotonic_ns()
+        llm, lock = st.llm(model["digest"], n_ctx)
+        load_ns = time.monotonic_ns() - started
+        tokens = llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
+        entry = {"path": "/api/chat", "body": body, "prompt": prompt, "prompt_tokens": len(tokens)}
+        st.record(entry)
+        if len(tokens) >= n_ctx and body.get("truncate") is False:
+            return self._json(400, {"error": "the input length exceeds the context length"})
+        tokens = tokens[-(n_ctx - 1):]
+        stops = [s for s in (options.get("stop") or []) if s]
+        num_predict = int(options.get("num_predict", -1))
+        limit = min(n_ctx - len(tokens), 10 * n_ctx if num_predict < 0 else num_predict)
+        stream = body.get("stream", True)
         created = datetime.now(timezone.utc).isoformat()
-        if body.get("stream", True):
+        if stream:
             self._stream_start()
-            self._chunk({"model": name, "created_at": created,
-                         "message": {"role": "assistant", "content": choice["text"]}, "done": False})
-            self._chunk({"model": name, "created_at": created, "message": {"role": "assistant", "content": ""},
-                         "done": True, "done_reason": done_reason,
-                         "eval_count": out["usage"]["completion_tokens"]})
-            self._stream_end()
-        else:
-            self._json(200, {"model": name, "created_at": created,
-                             "message": {"role": "assistant", "content": choice["text"]}, "done": True,
-                             "done_reason": done_reason})
+        text, count, reason = "", 0, "length"
+        import llama_cpp
+
+        vocab = llama_cpp.llama_model_get_vocab(llm.model)
+        try:
+            with lock:
+                if options.get("seed") is not None:
+                    llm.set_seed(int(options["seed"]))
+                temp = float(options.get("temperature", 0.8))
+                eval_start = time.monotonic_ns()
+                generated: list[int] = []
+                pending = b""
+                shown = 0
+                if limit > 0:
+                    for tok in llm.generate(tokens, temp=temp, top_k=int(options.get("top_k", 40)),
+                                            top_p=float(options.get("top_p", 0.9)), min_p=0.0,
+                                            repeat_penalty=float(options.get("repeat_penalty", 1.1))):
+                        count += 1
+                        if llama_cpp.llama_vocab_is_eog(vocab, tok):
+                            reason = "stop"
+                            break
+                        pending += llm.detokenize([tok], prev_tokens=tokens + generated)
+                        generated.append(tok)
+                        try:
+                            text += pending.decode("utf-8")
+                            pending = b""
+                        except UnicodeDecodeError:
+                            pass
+                        hit = next((s for s in stops if s in text), None)
+                        if hit:
+                            text = text[: text.index(hit)]
+                            reason = "stop"
+                        safe = len(text) if hit else _safe_prefix(text, stops)
+                        if stream and safe > shown:
+                            self._chunk({"model": name, "created_at": created,
+                                         "message": {"role": "assistant", "content": text[shown:safe]},
+                                         "done": False})
+                            shown = safe
+                        if hit or count >= limit:
+                            break
+                eval_ns = time.monotonic_ns() - eval_start
+            final = {"model": name, "created_at": created, "done": True, "done_reason": reason,
+                     "total_duration": time.monotonic_ns() - started, "load_duration": load_ns,
+                     "prompt_eval_count": len(tokens), "prompt_eval_duration": 1,
+                     "eval_count": count, "eval_duration": max(eval_ns, 1)}
+            entry.update(done_reason=reason, eval_count=count, reply=text)
+            if stream:
+                if len(text) > shown:
+                    self._chunk({"model": name, "created_at": created,
+                                 "message": {"role": "assistant", "content": text[shown:]}, "done": False})
+                self._chunk({**final, "message": {"role": "assistant", "content": ""}})
+                self._stream_end()
+            else:
+                self._json(200, {**final, "message": {"role": "assistant", "content": text}})
+        except ClientGone:
+            entry.update(disconnected=True, eval_count=count)
+            st.record({"event": "disconnect", "model": name, "after_tokens": count})
+            self.close_connection = True
+
+
+def _safe_prefix(text: str, stops: list[str]) -> int:
+    """How much of `text` can be sent: hold back a tail that could still become a stop string."""
+    hold = 0
+    for s in stops:
+        for k in range(min(len(s) - 1, len(text)), 0, -1):
+            if text.endswith(s[:k]):
+                hold = max(hold, k)
+                break
+    return len(text) - hold
 
 
 def main() -> None:

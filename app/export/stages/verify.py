@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from . import StageContext
 
+VERIFY_OPTIONS = {"num_predict": 48, "temperature": 0, "seed": 0}  # deterministic, bounded
+
 
 def run(ctx: StageContext) -> None:
     verdicts = {}
@@ -12,7 +14,7 @@ def run(ctx: StageContext) -> None:
         ctx.job.check_cancel()
         ctx.emit(f"{target.name} ← {prompt!r}")
         reply, reason = [], None
-        for chunk in ctx.ollama.chat(target.name, [{"role": "user", "content": prompt}], {"num_predict": 48}):
+        for chunk in ctx.ollama.chat(target.name, [{"role": "user", "content": prompt}], VERIFY_OPTIONS):
             reply.append((chunk.get("message") or {}).get("content", ""))
             if chunk.get("done"):
                 reason = chunk.get("done_reason")
