@@ -90,7 +90,8 @@ def upsert(text: str, name: str, entry: dict) -> str:
 
 @contextmanager
 def _locked(folder: Path) -> Iterator[None]:
-    fd = os.open(folder / f".{INFO}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    """An exclusive lock on the folder itself: registrations never interleave, and no lock file is left."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
