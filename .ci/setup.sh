@@ -101,8 +101,21 @@ if [ ! -f "$TOOLS_VENV/.done" ]; then
   touch "$TOOLS_VENV/.done"
 fi
 
+# --- Tiny-model zoo: real tokenizers from llama.cpp's vocab GGUFs, real LoRA training (~6 min) ---------
+ZOO="$CACHE/zoo-$(key "$ROOT/tests/tools/make_zoo.py" "$ROOT/.ci/versions.env" "$ROOT/.ci/tools-requirements.txt")"
+if [ ! -f "$ZOO/.done" ]; then
+  log "building the model zoo $ZOO (llama3, qwen2, llama2; real llamafactory-cli training on CPU, ~6 min)"
+  rm -rf "$ZOO"
+  mkdir -p "$ZOO"
+  PYTHONPATH="$ROOT/tests/tools/shims" HF_HUB_OFFLINE=1 "$TOOLS_VENV/bin/python" "$ROOT/tests/tools/make_zoo.py" "$ZOO" \
+    --vocab-dir "$LLAMA_DIR/src/$SDIST/vendor/llama.cpp/models" >"$ZOO/build.log" 2>&1 \
+    || { tail -n 40 "$ZOO/build.log" >&2; exit 1; }
+  touch "$ZOO/.done"
+fi
+
 cat <<EOF
 export TUNEDECK_CACHE="$CACHE"
+export TUNEDECK_ZOO="$ZOO"
 export TUNEDECK_APP_VENV="$APP_VENV"
 export TUNEDECK_TOOLS_VENV="$TOOLS_VENV"
 export TUNEDECK_LLAMACPP_APP="$LLAMA_DIR/app"

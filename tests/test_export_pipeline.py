@@ -103,13 +103,14 @@ def test_full_export_streams_and_produces_verified_models(env):
     assert cmp["weight_diff"] > 1e-3, "merging did not change the weights"
     assert cmp["logit_diff"] < 5e-3, cmp
 
-    # Ollama got the training template, stop tokens and the system prompt verbatim.
+    # Ollama got the training template (as LLaMA-Factory's template defines it), its stop tokens and the
+    # system prompt verbatim; TuneDeck's Modelfile beside the GGUF files says the same.
     creates = [r["body"] for r in env["ollama"].requests() if r["path"] == "/api/create"]
     assert {c["model"] for c in creates} == {"tiny-test:q4_k_m", "tiny-test:q8_0"}
-    modelfile = (merged / "Modelfile").read_text()
+    modelfile = Path(result["modelfile"]).read_text()
     for body in creates:
         assert body["template"] and body["template"] in modelfile
-        assert "Human: {{ .Content }}" in body["template"]
+        assert "Human: {{ $m.Content }}</s>" in body["template"]
         assert body["parameters"]["stop"] == ["</s>"]
         assert body["system"] == system
         assert body["files"]["model.gguf"].startswith("sha256:")
@@ -118,8 +119,17 @@ def test_full_export_streams_and_produces_verified_models(env):
     verify = result["verify"]
     assert set(verify) == {"tiny-test:q4_k_m", "tiny-test:q8_0"}
     assert all(v["done_reason"] in {"stop", "length"} for v in verify.values())
-    assert status["stages"] == {"preflight": "done", "merge": "done", "convert": "done", "quantize": "done",
-                                "load": "done", "verify": "done"}
+    # fidelity on fixed text (the toy run records no dataset): the f16 GGUF keeps the merged model's outputs
+    fidelity = result["fidelity"]
+    assert not fidelity["eval"]["from_run"] and fidelity["gguf"]["agreement"] >= 0.99
+    assert set(fidelity["quantized"]) == {"Q4_K_M", "Q8_0"}
+    assert fidelity["quantized"]["Q8_0"]["agreement"] > fidelity["quantized"]["Q4_K_M"]["agreement"]
+    report = result["quant_report"]
+    assert [r["type"] for r in report["rows"]] == ["f16", "Q4_K_M", "Q8_0"]
+    assert status["stages"] == {"preflight": "done", "merge": "done", "convert": "done", "imatrix": "skipped",
+                                "quantize": "done", "load": "done", "verify": "done",
+                                "fidelity": status["stages"]["fidelity"], "report": "done"}
+    assert status["stages"]["fidelity"] in {"done", "warning"}
 
 
 def test_second_run_with_same_inputs_reuses_stages(env):

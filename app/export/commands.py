@@ -43,5 +43,49 @@ def convert_command(settings: Settings, merged_dir: Path, dtype: str, outfile: P
     )
 
 
-def quantize_command(settings: Settings, source: Path, outfile: Path, quant_type: str) -> ToolCommand:
-    return ToolCommand(settings.llamacpp_service, (settings.quantize_bin, str(source), str(outfile), quant_type))
+def quantize_command(settings: Settings, source: Path, outfile: Path, quant_type: str,
+                     imatrix: Path | None = None) -> ToolCommand:
+    extra = ("--imatrix", str(imatrix)) if imatrix else ()
+    return ToolCommand(settings.llamacpp_service, (settings.quantize_bin, *extra, str(source), str(outfile), quant_type))
+
+
+# -- evaluation (llama.cpp's tools and TuneDeck's helper in the LLaMA-Factory container) ---------------
+EVAL_CTX = 128     # context of each perplexity chunk; half of it is scored
+EVAL_CHUNKS = 12   # at most this many chunks: ~750 scored tokens
+
+
+def reference_logits_command(settings: Settings, gguf: Path, text: Path, out: Path) -> ToolCommand:
+    """llama-perplexity on `text`, writing the model's log-probabilities to `out` (--kl-divergence-base)."""
+    return ToolCommand(settings.llamacpp_service, (
+        settings.perplexity_bin, "-m", str(gguf), "-f", str(text), "-c", str(EVAL_CTX), "--chunks", str(EVAL_CHUNKS),
+        "-b", str(EVAL_CTX * 4), "--kl-divergence-base", str(out)))
+
+
+def kl_divergence_command(settings: Settings, gguf: Path, reference: Path) -> ToolCommand:
+    """llama-perplexity comparing `gguf` with a reference logits file: PPL, KLD statistics, same top token."""
+    return ToolCommand(settings.llamacpp_service, (
+        settings.perplexity_bin, "-m", str(gguf), "-c", str(EVAL_CTX), "-b", str(EVAL_CTX * 4),
+        "--kl-divergence-base", str(reference), "--kl-divergence"))
+
+
+def imatrix_command(settings: Settings, gguf: Path, text: Path, out: Path) -> ToolCommand:
+    return ToolCommand(settings.llamacpp_service, (
+        settings.imatrix_bin, "-m", str(gguf), "-f", str(text), "-o", str(out), "-c", str(EVAL_CTX),
+        "--chunks", "64", "-b", str(EVAL_CTX * 4), "--no-ppl"))
+
+
+def bench_command(settings: Settings, gguf: Path, tokens: int = 32) -> ToolCommand:
+    """llama-bench, generation only: tokens per second of `gguf` on this host."""
+    return ToolCommand(settings.llamacpp_service, (
+        settings.bench_bin, "-m", str(gguf), "-p", "0", "-n", str(tokens), "-r", "2", "-o", "json"))
+
+
+_HELPER = Path(__file__).with_name("scripts") / "lf_helper.py"
+HELPER_ENV = (("HF_HUB_OFFLINE", "1"), ("TRANSFORMERS_OFFLINE", "1"), ("DISABLE_VERSION_CHECK", "1"),
+              ("TOKENIZERS_PARALLELISM", "false"))
+
+
+def helper_command(settings: Settings, *args: str) -> ToolCommand:
+    """TuneDeck's helper script (app/export/scripts/lf_helper.py) run by LLaMA-Factory's own Python."""
+    return ToolCommand(settings.llamafactory_service, (settings.python, "-c", _HELPER.read_text(), *args),
+                       env=HELPER_ENV)

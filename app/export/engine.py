@@ -20,7 +20,7 @@ from .history import History
 from .jobs import Cancelled, ExportBusy, ExportJob, ExportLock, StageFailed, recover
 from .plan import ExportRequest
 from .runner import ToolRunner
-from .stages import StageContext, convert, load, merge, preflight, quantize, verify
+from .stages import StageContext, convert, fidelity, imatrix, load, merge, preflight, quantize, report, verify
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +28,17 @@ log = logging.getLogger(__name__)
 PIPELINE: tuple[tuple[str, float, Callable[[StageContext], None]], ...] = (
     ("preflight", 0.0, preflight.run),
     ("merge", 0.05, merge.run),
-    ("convert", 0.3, convert.run),
-    ("quantize", 0.45, quantize.run),
-    ("load", 0.6, load.run),
-    ("verify", 0.75, verify.run),
+    ("convert", 0.25, convert.run),
+    ("imatrix", 0.35, imatrix.run),
+    ("quantize", 0.42, quantize.run),
+    ("load", 0.55, load.run),
+    ("verify", 0.65, verify.run),
+    ("fidelity", 0.72, fidelity.run),
+    ("report", 0.85, report.run),
+)
+REPORT_PIPELINE: tuple[tuple[str, float, Callable[[StageContext], None]], ...] = (
+    ("preflight", 0.0, preflight.run_for_report),
+    ("report", 0.1, report.run),
 )
 STAGES = tuple(name for name, _, _ in PIPELINE)
 _EXPECTED_FAILURES = (StageFailed, OllamaError, EngineUnavailable, ServiceUnavailable)
@@ -58,8 +65,9 @@ class ExportManager:
     def current(self) -> ExportJob | None:
         return self._current
 
-    def start(self, request: ExportRequest) -> ExportJob:
+    def start(self, request: ExportRequest, pipeline=PIPELINE) -> ExportJob:
         """Register and start a job (blocking: SQLite; call it from a worker thread)."""
+        stages = tuple(name for name, _, _ in pipeline)
         with self._lock:
             if self._current is not None and not self._current.finished:
                 raise ExportBusy(
@@ -69,14 +77,18 @@ class ExportManager:
             if not self._file_lock.acquire():
                 raise ExportBusy("Another TuneDeck process is exporting on this data directory; try again later.")
             try:
-                job = ExportJob(uuid.uuid4().hex[:12], request, STAGES)
+                job = ExportJob(uuid.uuid4().hex[:12], request, stages)
                 self.history.add(job.id, request.run.name, request.summary())
             except BaseException:
                 self._file_lock.release()
                 raise
             self._current = job
-        threading.Thread(target=self._run, args=(job,), name=f"export-{job.id}", daemon=True).start()
+        threading.Thread(target=self._run, args=(job, pipeline), name=f"export-{job.id}", daemon=True).start()
         return job
+
+    def start_report(self, request: ExportRequest) -> ExportJob:
+        """A quantization report on a finished export's files (the export's own stages are not rerun)."""
+        return self.start(request, REPORT_PIPELINE)
 
     def cancel(self, job_id: str | None = None, grace: float = 3.0) -> bool:
         """Ask the job to stop; its tool gets SIGTERM, then SIGKILL after `grace` seconds."""
@@ -100,10 +112,10 @@ class ExportManager:
         return job.done_event.wait(timeout)
 
     # -- the job ------------------------------------------------------------------------
-    def _run(self, job: ExportJob) -> None:
+    def _run(self, job: ExportJob, pipeline) -> None:
         ctx = StageContext(job, self.settings, self.gateway, self.ollama, self.history, self.tools)
         try:
-            for name, progress, fn in PIPELINE:
+            for name, progress, fn in pipeline:
                 self._stage(ctx, name, progress, fn)
             job.status = "succeeded"
             job.progress = 1.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 _DIRECTIVE = re.compile(r'^(FROM|TEMPLATE|SYSTEM|PARAMETER|ADAPTER|LICENSE|MESSAGE)\s+(.*)$', re.IGNORECASE)
@@ -74,3 +75,18 @@ def create_payload(model: str, digest: str, modelfile: dict, system_prompt: str)
     if modelfile.get("parameters"):
         payload["parameters"] = dict(modelfile["parameters"])
     return payload
+
+
+def render_modelfile(gguf_name: str, serving: dict, system_prompt: str = "") -> str:
+    """An Ollama Modelfile for `ollama create -f` next to the GGUF (the same model TuneDeck creates)."""
+    lines = ["# Ollama Modelfile written by TuneDeck (the chat format the model was trained with)", "",
+             f"FROM ./{gguf_name}", ""]
+    if serving.get("template"):
+        lines += [f'TEMPLATE """{serving["template"]}"""', ""]
+    system = system_prompt or serving.get("system")
+    if system:
+        lines += [f'SYSTEM """{system}"""', ""]
+    for name, value in (serving.get("parameters") or {}).items():
+        for v in value if isinstance(value, list) else [value]:
+            lines.append(f"PARAMETER {name} {json.dumps(v) if isinstance(v, str) else v}")
+    return "\n".join(lines) + "\n"

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..runs import ADAPTER_WEIGHTS, RunInfo, find_run
 from .validation import (
+    IMATRIX_QUANT_TYPES,
     InvalidInput,
     slug,
     validate_base_model,
@@ -18,6 +19,7 @@ from .validation import (
     validate_quant_types,
     validate_system_prompt,
     validate_template,
+    validate_threshold,
     check_text,
 )
 
@@ -37,6 +39,9 @@ class ExportRequest:
     overwrite: bool
     verify_prompt: str = DEFAULT_VERIFY_PROMPT
     template_source: str = "given"   # "given", "run" (training_args.yaml) or "inferred"
+    imatrix: bool = False            # importance matrix from the run's data, for the k-quants and IQ types
+    report: bool = True              # quantization report (when there are quantized types)
+    kl_threshold: float = 0.05       # the report recommends the smallest type below this mean KL divergence
 
     def summary(self) -> dict:
         d = asdict(self)
@@ -50,7 +55,8 @@ def default_ollama_name(run: RunInfo) -> str:
 
 def build_request(data_dir: Path, *, run: str, base_model: str = "", template: str = "", dtype: str = "f16",
                   quant_types=("Q4_K_M",), ollama_name: str = "", system_prompt: str = "",
-                  overwrite: bool = False, verify_prompt: str = "") -> ExportRequest:
+                  overwrite: bool = False, verify_prompt: str = "", imatrix: bool = False, report: bool = True,
+                  kl_threshold: object = 0.05) -> ExportRequest:
     """Validate raw inputs (from the UI or the API) into a request; raises InvalidInput."""
     run_name = check_text("Run", run or "", 1024).strip()
     if not run_name:
@@ -62,7 +68,13 @@ def build_request(data_dir: Path, *, run: str, base_model: str = "", template: s
     tmpl = validate_template(template or info.template or "", allow_empty=True)
     source = "given" if template else "run" if tmpl else "inferred"
     dt = validate_dtype(dtype or "f16")
-    quants = validate_quant_types(quant_types, dt)
+    for label, flag in (("Importance matrix", imatrix), ("Report", report)):
+        if not isinstance(flag, bool):
+            raise InvalidInput(f"{label} must be true or false.")
+    quants = validate_quant_types(quant_types, dt, imatrix)
+    threshold = validate_threshold(kl_threshold)
+    if imatrix and not quants:
+        raise InvalidInput("An importance matrix only helps quantization: choose at least one quantization type.")
     name = validate_ollama_name(ollama_name or default_ollama_name(info))
     if len(quants) > 1 and ":" in name.rsplit("/", 1)[-1]:
         raise InvalidInput("With several quantization types, give the Ollama name without a tag; each type becomes a tag.")
@@ -70,7 +82,7 @@ def build_request(data_dir: Path, *, run: str, base_model: str = "", template: s
         raise InvalidInput("Overwrite must be true or false.")
     prompt = check_text("Verification prompt", verify_prompt or DEFAULT_VERIFY_PROMPT, 2000, allow_control=True)
     return ExportRequest(info, base, tmpl, dt, tuple(quants), name, validate_system_prompt(system_prompt),
-                         overwrite, prompt, source)
+                         overwrite, prompt, source, imatrix, report, threshold)
 
 
 # -- hashing --------------------------------------------------------------------------
@@ -113,11 +125,14 @@ def _key(*parts: object) -> str:
 
 
 # -- plan ----------------------------------------------------------------------------
+IMATRIX_SUFFIX = "@imatrix"
+
+
 @dataclass(frozen=True)
 class OllamaTarget:
     name: str
     gguf: Path
-    quant: str
+    quant: str   # the variant label: a type, or "<type>@imatrix"
 
 
 @dataclass(frozen=True)
@@ -127,12 +142,22 @@ class ExportPlan:
     merge_yaml: Path
     merged_dir: Path
     gguf: Path
-    quantized: dict[str, Path]
+    quantized: dict[str, Path]       # variant label → file: what is delivered, plus plain comparators
     targets: tuple[OllamaTarget, ...]
     keys: dict[str, str] = field(default_factory=dict)
+    imatrix: Path | None = None
+    eval_dir: Path | None = None
 
     def stamp_path(self, stage: str) -> Path:
         return self.workdir / ".stamps" / f"{stage}.json"
+
+    @staticmethod
+    def qtype(label: str) -> str:
+        return label.split("@", 1)[0]
+
+    @property
+    def delivered(self) -> list[str]:
+        return [t.quant for t in self.targets if t.gguf != self.gguf]
 
 
 def partial(path: Path) -> Path:
@@ -140,7 +165,8 @@ def partial(path: Path) -> Path:
     return path.with_name(path.name + ".partial")
 
 
-def make_plan(data_dir: Path, request: ExportRequest) -> ExportPlan:
+def make_plan(data_dir: Path, request: ExportRequest, eval_digest: str = "", calib_digest: str = "") -> ExportPlan:
+    """Paths and reuse keys. `eval_digest`/`calib_digest` hash the evaluation and calibration texts."""
     base = request.base_model
     base_fp = fingerprint_dir(Path(base)) if os.path.isdir(base) else f"hub:{base}"
     merge_key = _key("merge", adapter_fingerprint(Path(request.run.path)), base_fp, request.template)
@@ -148,20 +174,37 @@ def make_plan(data_dir: Path, request: ExportRequest) -> ExportPlan:
     stem = slug(request.run.name.replace("/", "-"), 40)
     workdir = Path(data_dir).resolve() / "exports" / f"{stem}-{merge_key[:10]}"
     gguf = workdir / f"{stem}-{request.dtype}.gguf"
-    quantized = {q: workdir / f"{stem}-{q}.gguf" for q in request.quant_types}
-    keys = {"merge": merge_key, "convert": convert_key}
-    keys.update({f"quantize:{q}": _key("quantize", convert_key, q) for q in request.quant_types})
+    keys = {"merge": merge_key, "convert": convert_key, "chat": _key("chat", merge_key, request.template)}
+    imatrix = None
+    delivered: list[str] = []
+    quantized: dict[str, Path] = {}
+    if request.imatrix:
+        imatrix = workdir / f"{stem}-imatrix-{calib_digest[:8]}.gguf"
+        keys["imatrix"] = _key("imatrix", convert_key, calib_digest)
+    for q in request.quant_types:
+        label = q + IMATRIX_SUFFIX if request.imatrix else q
+        delivered.append(label)
+        quantized[label] = workdir / f"{stem}-{q}{'-imat' if request.imatrix else ''}.gguf"
+        if request.imatrix and request.report and q not in IMATRIX_QUANT_TYPES:
+            quantized[q] = workdir / f"{stem}-{q}.gguf"  # the same type without imatrix, for the report
+    for label in quantized:
+        q = ExportPlan.qtype(label)
+        keys[f"quantize:{label}"] = _key("quantize", convert_key, q, keys["imatrix"]) \
+            if label.endswith(IMATRIX_SUFFIX) else _key("quantize", convert_key, q)
+    if eval_digest:
+        keys["reference"] = _key("reference", convert_key, eval_digest)
+        keys["hf-logits"] = _key("hf-logits", keys["reference"], merge_key)
     targets: list[OllamaTarget] = []
-    if not request.quant_types:
+    if not delivered:
         targets.append(OllamaTarget(request.ollama_name, gguf, request.dtype))
-    elif len(request.quant_types) == 1:
-        q = request.quant_types[0]
-        targets.append(OllamaTarget(request.ollama_name, quantized[q], q))
+    elif len(delivered) == 1:
+        targets.append(OllamaTarget(request.ollama_name, quantized[delivered[0]], delivered[0]))
     else:
-        for q in request.quant_types:
-            targets.append(OllamaTarget(f"{request.ollama_name}:{q.lower()}", quantized[q], q))
+        for label in delivered:
+            q = ExportPlan.qtype(label)
+            targets.append(OllamaTarget(f"{request.ollama_name}:{q.lower()}", quantized[label], label))
     return ExportPlan(request, workdir, workdir / "merge.yaml", workdir / "merged", gguf, quantized, tuple(targets),
-                      keys)
+                      keys, imatrix, workdir / "eval")
 
 
 # -- disk estimate ----------------------------------------------------------------------
@@ -185,7 +228,7 @@ def estimate_bytes(weight_bytes: int, plan: ExportPlan, skip: set[str]) -> int:
         need += weight_bytes
     if "convert" not in skip:
         need += weight_bytes * (0.55 if plan.request.dtype == "q8_0" else 1.0)
-    for q in plan.request.quant_types:
-        if f"quantize:{q}" not in skip:
-            need += weight_bytes * _QUANT_BITS.get(q, 8.5) / 16
+    for label in plan.quantized:
+        if f"quantize:{label}" not in skip:
+            need += weight_bytes * _QUANT_BITS.get(ExportPlan.qtype(label), 8.5) / 16
     return int(need * 1.05) + (64 << 20)

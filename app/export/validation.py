@@ -11,7 +11,8 @@ QUANT_TYPES = (
     "Q4_K_M", "Q4_K_S", "Q5_K_M", "Q5_K_S", "Q6_K", "Q8_0", "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q2_K",
     "Q4_0", "Q4_1", "Q5_0", "Q5_1", "IQ4_NL", "IQ4_XS",
 )
-# llama.cpp refuses these without an importance matrix (src/llama-quant.cpp: tensor_requires_imatrix).
+# llama.cpp refuses these without an importance matrix (src/llama-quant.cpp: tensor_requires_imatrix;
+# IQ3_XS turns some tensors into IQ3_XXS). With TuneDeck's importance matrix they are allowed.
 IMATRIX_QUANT_TYPES = ("IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ3_XXS", "IQ3_XS", "Q2_K_S")
 MAX_SYSTEM_PROMPT = 16_000
 MAX_TEMPLATE = 64
@@ -81,7 +82,7 @@ def validate_dtype(dtype: object) -> str:
     return text
 
 
-def validate_quant_types(types: object, dtype: str) -> list[str]:
+def validate_quant_types(types: object, dtype: str, imatrix: bool = False) -> list[str]:
     if types is None or types == "":
         types = []
     if isinstance(types, str):
@@ -91,13 +92,14 @@ def validate_quant_types(types: object, dtype: str) -> list[str]:
     out: list[str] = []
     for raw in types:
         t = check_text("Quantization type", raw, 16).strip().upper()
-        if t in IMATRIX_QUANT_TYPES:
+        if t in IMATRIX_QUANT_TYPES and not imatrix:
             raise InvalidInput(
-                f"{t} needs an importance matrix (imatrix), which TuneDeck does not compute; "
-                "choose a K-quant such as Q4_K_M instead."
+                f"{t} needs an importance matrix: tick 'importance matrix from the run's data' (API: imatrix), "
+                "or choose a K-quant such as Q4_K_M."
             )
-        if t not in QUANT_TYPES:
-            raise InvalidInput(f"Unknown quantization type {raw!r}; choose from {', '.join(QUANT_TYPES)}.")
+        if t not in QUANT_TYPES and t not in IMATRIX_QUANT_TYPES:
+            raise InvalidInput(f"Unknown quantization type {raw!r}; choose from {', '.join(QUANT_TYPES)} "
+                               f"(with an importance matrix also {', '.join(IMATRIX_QUANT_TYPES)}).")
         if t not in out:
             out.append(t)
     if out and dtype == "q8_0":
@@ -139,3 +141,16 @@ def slug(text: str, max_len: int = 48) -> str:
     s = re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-._").lower()
     s = re.sub(r"-{2,}", "-", s)[:max_len].strip("-._")
     return s or "model"
+
+
+def validate_threshold(value: object, label: str = "KL threshold") -> float:
+    """A positive number (the quantization report's recommendation limit)."""
+    if isinstance(value, bool):
+        raise InvalidInput(f"{label} must be a number, not {value!r}.")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise InvalidInput(f"{label} must be a number, not {value!r}.") from None
+    if not 0 < number <= 10:
+        raise InvalidInput(f"{label} must be a number above 0 and at most 10, not {value!r}.")
+    return number

@@ -8,7 +8,15 @@ import pandas as pd
 from ..export.validation import InvalidInput, validate_ollama_name
 from ..ollama import OllamaError
 from ..runtime import DataDirUnavailable, Runtime
-from .export_views import HISTORY_COLUMNS, MODEL_COLUMNS, history_frame, models_frame
+from .export_views import (
+    HISTORY_COLUMNS,
+    MODEL_COLUMNS,
+    REPORT_COLUMNS,
+    history_frame,
+    models_frame,
+    report_frame,
+    verdict_markdown,
+)
 
 PRIVATE = {"api_visibility": "private"}
 
@@ -24,9 +32,13 @@ def build(runtime: Runtime) -> dict:
     def history_table() -> pd.DataFrame:
         return history_frame(history_rows())
 
-    def history_log(evt: gr.SelectData, table: pd.DataFrame) -> str:
+    def history_detail(evt: gr.SelectData, table: pd.DataFrame):
+        """The selected job: its log, its outcome in words and its quantization report."""
         job_id = str(table.iloc[evt.index[0], 0])
-        return runtime.exports.history.log_of(job_id) or ""
+        row = runtime.exports.history.get(job_id) or {}
+        result = row.get("result") or {}
+        return (runtime.exports.history.log_of(job_id) or "", verdict_markdown(result),
+                report_frame(result.get("quant_report")), job_id)
 
     def ollama_models():
         """(models table, one line on Ollama's state, the banner at the top of the tab)."""
@@ -55,7 +67,11 @@ def build(runtime: Runtime) -> dict:
     with gr.Accordion("History", open=False):
         history_refresh = gr.Button("↻ Refresh history", elem_id="history-refresh")
         history = gr.Dataframe(headers=HISTORY_COLUMNS, interactive=False, elem_id="export-history")
-        history_detail = gr.Textbox(label="Log of the selected job", lines=10, max_lines=10, elem_id="history-log")
+        selected = gr.Textbox(label="Selected job", interactive=False, elem_id="history-selected")
+        history_verdict = gr.Markdown("", elem_id="history-verdict")
+        history_report = gr.Dataframe(headers=REPORT_COLUMNS, interactive=False, elem_id="history-report")
+        report_button = gr.Button("Quantization report for the selected job", elem_id="history-report-run")
+        history_log = gr.Textbox(label="Log of the selected job", lines=10, max_lines=10, elem_id="history-log")
     with gr.Accordion("Ollama models", open=False):
         models_info = gr.Markdown("", elem_id="ollama-info")
         models_refresh = gr.Button("↻ Refresh models", elem_id="ollama-refresh")
@@ -68,8 +84,9 @@ def build(runtime: Runtime) -> dict:
 
     history_refresh.click(history_table, None, [history], **PRIVATE)
     gr.api(history_rows, api_name="history", concurrency_limit=None)
-    history.select(history_log, [history], [history_detail], **PRIVATE)
+    history.select(history_detail, [history], [history_log, history_verdict, history_report, selected], **PRIVATE)
     delete.click(ask_delete, [delete_name], [confirm_text, confirm], **PRIVATE)
     return {"history": history, "history_table": history_table, "models": models, "models_info": models_info,
             "ollama_models": ollama_models, "models_refresh": models_refresh, "confirm": confirm,
-            "confirm_text": confirm_text, "do_delete": do_delete, "delete_name": delete_name}
+            "confirm_text": confirm_text, "do_delete": do_delete, "delete_name": delete_name,
+            "selected": selected, "report_button": report_button}

@@ -7,16 +7,27 @@ that touches the disk, SQLite or Docker runs in a worker thread, never on Gradio
 from __future__ import annotations
 
 import asyncio
+from typing import AsyncIterator
 
 import gradio as gr
 
 from ..export.engine import ExportBusy, ExportJob
 from ..export.plan import DEFAULT_VERIFY_PROMPT, build_request, default_ollama_name
+from ..export.reports import report_request
 from ..export.validation import GGUF_DTYPES, QUANT_TYPES, InvalidInput
 from ..runs import discover_runs, find_run
 from ..runtime import DataDirUnavailable, Runtime
 from . import export_history
-from .export_views import RUN_COLUMNS, progress_html, runs_frame, stages_frame
+from .export_views import (
+    REPORT_COLUMNS,
+    RUN_COLUMNS,
+    progress_html,
+    report_frame,
+    report_points,
+    runs_frame,
+    stages_frame,
+    verdict_markdown,
+)
 
 TEMPLATES = ["default", "alpaca", "chatml", "llama2", "llama3", "mistral", "qwen", "qwen3", "gemma", "phi",
              "deepseek3", "glm4", "empty"]
@@ -54,18 +65,21 @@ def build(runtime: Runtime) -> dict:
             return "", gr.update(), ""
         return info.base_model, gr.update(value=info.template or None), default_ollama_name(info)
 
-    def start_job(run, base_model, template, dtype, quant_types, ollama_name, system_prompt, overwrite) -> ExportJob:
+    def start_job(run, base_model, template, dtype, quant_types, ollama_name, system_prompt, overwrite, imatrix,
+                  report, kl_threshold) -> ExportJob:
         request = build_request(runtime.settings.data_dir, run=run, base_model=base_model, template=template,
                                 dtype=dtype, quant_types=quant_types, ollama_name=ollama_name,
-                                system_prompt=system_prompt, overwrite=bool(overwrite))
+                                system_prompt=system_prompt, overwrite=overwrite, imatrix=imatrix, report=report,
+                                kl_threshold=kl_threshold)
         return runtime.exports.start(request)
 
     async def run_export(run: str, base_model: str, template: str, dtype: str, quant_types: list[str],
-                         ollama_name: str, system_prompt: str, overwrite: bool):
+                         ollama_name: str, system_prompt: str, overwrite: bool, imatrix: bool, report: bool,
+                         kl_threshold: float):
         """Export a LoRA run to Ollama, streaming the log; returns (log, status)."""
         try:
             job = await asyncio.to_thread(start_job, run, base_model, template, dtype, quant_types, ollama_name,
-                                          system_prompt, overwrite)
+                                          system_prompt, overwrite, imatrix, report, kl_threshold)
         except (InvalidInput, ExportBusy, DataDirUnavailable) as exc:
             raise gr.Error(str(exc), print_exception=False) from None
         async for update in follow(job):
@@ -88,6 +102,19 @@ def build(runtime: Runtime) -> dict:
         finally:
             if not job.finished:
                 runtime.exports.cancel(job.id)
+
+    def start_report(job_id, kl_threshold) -> ExportJob:
+        request = report_request(runtime.settings.data_dir, runtime.exports.history, job_id, kl_threshold)
+        return runtime.exports.start_report(request)
+
+    async def quant_report(job_id: str, kl_threshold: float) -> AsyncIterator[tuple[str, dict]]:
+        """Quantization report for a finished export (public API: /quant_report); streams (log, status)."""
+        try:
+            job = await asyncio.to_thread(start_report, job_id, kl_threshold)
+        except (InvalidInput, ExportBusy, DataDirUnavailable) as exc:
+            raise gr.Error(str(exc), print_exception=False) from None
+        async for update in follow(job):
+            yield update
 
     def cancel_export() -> None:
         """Cancel the running export (public API: /cancel_export)."""
@@ -118,6 +145,12 @@ def build(runtime: Runtime) -> dict:
         with gr.Row():
             name = gr.Textbox(label="Ollama model name", elem_id="export-name")
             overwrite = gr.Checkbox(False, label="Overwrite an existing Ollama model", elem_id="export-overwrite")
+        with gr.Row():
+            imatrix = gr.Checkbox(False, label="Importance matrix from the run's data (k-quants, IQ types)",
+                                  elem_id="export-imatrix")
+            report = gr.Checkbox(True, label="Quantization report", elem_id="export-report")
+            threshold = gr.Number(runtime.settings.kl_threshold, label="Recommend under mean KL divergence",
+                                  elem_id="export-threshold", minimum=0)
         system = gr.Textbox(label="System prompt (optional, any characters)", lines=2, elem_id="export-system")
         with gr.Row():
             start = gr.Button("Export", variant="primary", elem_id="export-start")
@@ -127,21 +160,39 @@ def build(runtime: Runtime) -> dict:
             stages = gr.Dataframe(stages_frame(None), interactive=False, elem_id="export-stages", scale=1)
             log = gr.Textbox(label="Log", lines=16, max_lines=16, autoscroll=True, elem_id="export-log",
                              buttons=["copy"], scale=3)
-        status = gr.JSON(label="Result", elem_id="export-status")
+        verdict = gr.Markdown("", elem_id="export-verdict")
+        with gr.Row():
+            report_table = gr.Dataframe(headers=REPORT_COLUMNS, interactive=False, elem_id="export-report-table",
+                                        scale=3)
+            report_plot = gr.ScatterPlot(report_points(None), x="size_mib", y="kld_mean", color="type",
+                                         title="Size vs KL divergence", x_title="MiB", y_title="mean KLD",
+                                         elem_id="export-report-plot", height=260, scale=2)
+        with gr.Accordion("Result (JSON)", open=False):
+            status = gr.JSON(label="Result", elem_id="export-status")
         gr.Markdown(f"Verification prompt: *{DEFAULT_VERIFY_PROMPT}*")
         lower = export_history.build(runtime)
 
         refresh.click(refresh_runs, [run], [run, runs_table, no_runs], **PRIVATE)
         run.change(fill_form, [run], [base_model, template, name], **PRIVATE)
         export_event = start.click(
-            run_export, [run, base_model, template, dtype, quants, name, system, overwrite], [log, status],
-            api_name="export", concurrency_limit=None,
+            run_export, [run, base_model, template, dtype, quants, name, system, overwrite, imatrix, report,
+                         threshold], [log, status], api_name="export", concurrency_limit=None,
         )
-        status.change(lambda s: (progress_html(s), stages_frame(s)), [status], [progress, stages], **PRIVATE,
+
+        def show(s):
+            result = (s or {}).get("result") or {}
+            return (progress_html(s), stages_frame(s), verdict_markdown(result),
+                    report_frame(result.get("quant_report")), report_points(result.get("quant_report")))
+
+        status.change(show, [status], [progress, stages, verdict, report_table, report_plot], **PRIVATE,
                       show_progress="hidden")
         gr.api(cancel_export, api_name="cancel_export", concurrency_limit=None)  # named first: the public name
         cancel.click(cancel_export, None, None, cancels=[export_event], **PRIVATE)
         gr.api(list_runs, api_name="runs", concurrency_limit=None)
+        gr.api(quant_report, api_name="quant_report", concurrency_limit=None)
+        report_event = lower["report_button"].click(quant_report, [lower["selected"], threshold], [log, status],
+                                                    concurrency_limit=None, **PRIVATE)
+        cancel.click(None, None, None, cancels=[report_event], **PRIVATE)
         model_outputs = [lower["models"], lower["models_info"], ollama_banner]
         lower["models_refresh"].click(lower["ollama_models"], None, model_outputs, **PRIVATE)
         lower["confirm"].click(lower["do_delete"], [lower["delete_name"]],

@@ -65,3 +65,48 @@ def models_frame(models: list[dict]) -> pd.DataFrame:
              (m.get("details") or {}).get("quantization_level", ""), (m.get("details") or {}).get("family", ""),
              str(m.get("modified_at", ""))[:19]] for m in models]
     return pd.DataFrame(rows, columns=MODEL_COLUMNS)
+
+
+REPORT_COLUMNS = ["type", "size (MiB)", "perplexity", "mean KLD", "p99 KLD", "same top %", "tokens/s"]
+
+
+def _num(value, digits: int) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
+
+
+def report_frame(report: dict | None) -> pd.DataFrame:
+    rows = (report or {}).get("rows") or []
+    return pd.DataFrame([[r["type"], round(r["bytes"] / 2**20, 1), _num(r["ppl"], 3), _num(r["kld_mean"], 5),
+                          _num(r["kld_p99"], 5), _num(r["same_top"], 2), _num(r["tokens_per_s"], 1)] for r in rows],
+                        columns=REPORT_COLUMNS)
+
+
+def report_points(report: dict | None) -> pd.DataFrame:
+    """Size against mean KL divergence, one point per type (the f16 reference at KL 0)."""
+    rows = (report or {}).get("rows") or []
+    return pd.DataFrame({"size_mib": [r["bytes"] / 2**20 for r in rows],
+                         "kld_mean": [r["kld_mean"] or 0.0 for r in rows],
+                         "type": [r["type"] for r in rows]})
+
+
+def verdict_markdown(result: dict | None) -> str:
+    """The export's outcome in words: fidelity verdict, chat format, stop, recommendation."""
+    result = result or {}
+    lines = []
+    template = result.get("template") or {}
+    if template:
+        lines.append(f"**Template:** {template.get('name')} ({template.get('source')})")
+    fidelity = result.get("fidelity")
+    if fidelity:
+        lines.append(fidelity["summary"])
+    for name, v in (result.get("verify") or {}).items():
+        check = v.get("template_check") or {}
+        convs = check.get("conversations") or {}
+        fmt = ", ".join(f"{c['served_tokens']}/{c['train_tokens']} tokens" for c in convs.values())
+        stop = "stops on its own" if v.get("clean_stop") else f"does not stop on its own ({v.get('done_reason')})"
+        lines.append(f"**{name}:** chat format {'matches training' if check.get('ok') else 'differs'}"
+                     f"{f' ({fmt})' if fmt else ''}; {stop}.")
+    report = result.get("quant_report")
+    if report:
+        lines.append(f"**Recommendation:** {report['recommendation']['text']}")
+    return "\n\n".join(lines)

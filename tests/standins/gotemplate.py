@@ -1,7 +1,7 @@
 """The part of Go's text/template that Ollama chat templates use, for the Ollama stand-in.
 
 Actions `{{ }}` with `{{-`/`-}}` trimming; `if`/`else if`/`else`/`end`; `range PIPE`,
-`range $m := PIPE`, `range $i, $m := PIPE`; fields `.X`, `$.X`, `$v`, `$v.X`; string and
+`range $m := PIPE`, `range $i, $m := PIPE`; fields `.X`, `$.X`, `$v`, `$v.X`, `(expr).X`; string and
 integer literals; calls `eq ne lt le gt ge and or not len index slice` with parentheses.
 Truthiness and printing follow Go (empty string/list, 0, false and nil are false).
 Anything else raises TemplateError, as Ollama refuses a template it cannot parse.
@@ -44,8 +44,11 @@ def _parse_expr(tokens: list[str], pos: int = 0, stop: str | None = None):
             node, pos = _parse_expr(tokens, pos + 1, ")")
             if pos >= len(tokens):
                 raise TemplateError("unclosed parenthesis")
-            items.append(node)
             pos += 1
+            if pos < len(tokens) and tokens[pos].startswith(".") and tokens[pos] != ".":  # (expr).Field
+                node = ("field", node, tokens[pos][1:])
+                pos += 1
+            items.append(node)
         elif tok == ")":
             raise TemplateError("unexpected )")
         else:
@@ -173,6 +176,11 @@ def _eval(node, dot, root, env):
         return node[1]
     if kind == "ref":
         return _resolve(node[1], dot, root, env)
+    if kind == "field":
+        value = _eval(node[1], dot, root, env)
+        for part in node[2].split("."):
+            value = _field(value, part)
+        return value
     name, args = node[1], node[2]
     if name in ("and", "or"):
         value = None

@@ -414,7 +414,8 @@ class Handler(BaseHTTPRequestHandler):
         llm, lock = st.llm(model["digest"], n_ctx)
         load_ns = time.monotonic_ns() - started
         tokens = llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
-        entry = {"path": "/api/chat", "body": body, "prompt": prompt, "prompt_tokens": len(tokens)}
+        entry = {"path": "/api/chat", "body": body, "prompt": prompt, "prompt_tokens": len(tokens),
+                 "prompt_ids": list(tokens)}
         st.record(entry)
         if len(tokens) >= n_ctx and body.get("truncate") is False:
             return self._json(400, {"error": "the input length exceeds the context length"})

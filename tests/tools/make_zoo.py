@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import random
-import re
 import shutil
 import subprocess
 import sys
@@ -37,7 +36,8 @@ LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,
                 r"|\s*[\r\n]+|\s+(?!\S)|\s+")
 QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
-STEPS = int(os.environ.get("TUNEDECK_ZOO_STEPS", "160"))
+# Measured on the llama2 family: after 120 steps no answer ends with </s> (0 of 12), after 300 all 12 do.
+STEPS = int(os.environ.get("TUNEDECK_ZOO_STEPS", "300"))
 
 
 # -- tokenizers from GGUF vocabularies ---------------------------------------------------------------
@@ -231,8 +231,8 @@ def train(zoo: Path, family: str, steps: int) -> dict:
     if proc.returncode != 0:
         raise SystemExit(f"training {family} failed:\n{(proc.stdout + proc.stderr)[-4000:]}")
     records = [json.loads(line) for line in (out / "trainer_log.jsonl").read_text().splitlines() if line.strip()]
-    return {"seconds": round(seconds, 1), "steps": steps,
-            "first_loss": records[0].get("loss"), "final_loss": records[-1].get("loss")}
+    losses = [r["loss"] for r in records if isinstance(r.get("loss"), (int, float))]
+    return {"seconds": round(seconds, 1), "steps": steps, "first_loss": losses[0], "final_loss": losses[-1]}
 
 
 def board_copy(zoo: Path, family: str) -> None:

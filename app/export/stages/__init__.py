@@ -26,6 +26,7 @@ class StageContext:
     tools: ToolRunner
     skip: set[str] = field(default_factory=set)
     stamps: Stamps | None = None
+    extras: dict = field(default_factory=dict)  # what one stage hands the next: eval set, chat format
 
     @property
     def plan(self) -> ExportPlan:

@@ -20,7 +20,7 @@ def run(ctx: StageContext) -> None:
         out.touch()
         ctx.tools.run(ctx.job, commands.convert_command(ctx.settings, plan.merged_dir, ctx.request.dtype, out),
                       "convert")
-        if not out.is_file():
+        if not out.is_file() or out.stat().st_size == 0:
             raise StageFailed("The converter finished but wrote no GGUF file.")
         os.replace(out, plan.gguf)
         ctx.stamps.write("convert", plan.gguf)

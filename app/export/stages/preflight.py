@@ -8,9 +8,13 @@ from dataclasses import replace
 
 from ...docker_gateway import EngineUnavailable, ServiceUnavailable
 from ...ollama import OllamaError
+import hashlib
+
 from ..checks import base_model_problems, disk_problem
+from ..evaltext import eval_set
 from ..jobs import StageFailed
 from ..plan import make_plan
+from ..validation import IMATRIX_QUANT_TYPES
 from ..reuse import Stamps
 from . import StageContext
 
@@ -18,17 +22,23 @@ from . import StageContext
 def run(ctx: StageContext) -> None:
     job, settings = ctx.job, ctx.settings
     resolve_template(ctx)
-    job.plan = make_plan(ctx.data_dir, job.request)
+    evals = ctx.extras["eval"] = eval_set(ctx.data_dir, job.request.run.path)
+    ctx.emit(f"evaluation text: {len(evals.text)} characters of {evals.source}")
+    for note in evals.notes:
+        ctx.emit(f"note: {note}")
+    needs_imatrix = [q for q in job.request.quant_types if q in IMATRIX_QUANT_TYPES]
+    if needs_imatrix and not evals.from_run:
+        raise StageFailed(f"{', '.join(needs_imatrix)} need an importance matrix computed from the run's training "
+                          f"text, which TuneDeck cannot read ({evals.notes[0] if evals.notes else evals.source}); "
+                          "choose a K-quant such as Q4_K_M.")
+    calib = hashlib.sha256(evals.calibration.encode()).hexdigest()
+    job.plan = make_plan(ctx.data_dir, job.request, evals.digest, calib)
     ctx.stamps = Stamps(job.plan)
     ctx.skip = ctx.stamps.reusable()
     plan, req, skip = job.plan, job.request, ctx.skip
     job.set_result("workdir", str(plan.workdir))
     problems: list[str] = []
-    need_tools = {settings.llamafactory_service: "merge" not in skip,
-                  settings.llamacpp_service: not {"convert", *(f"quantize:{q}" for q in plan.quantized)} <= skip}
-    for service, needed in need_tools.items():
-        if not needed:
-            continue
+    for service in (settings.llamafactory_service, settings.llamacpp_service):  # every export evaluates
         try:
             ctx.gateway.running_service_container(service)
             ctx.emit(f"tool container for {service}: running")
@@ -62,16 +72,45 @@ def run(ctx: StageContext) -> None:
 
 
 def resolve_template(ctx: StageContext) -> None:
-    """The chat template the run was trained with: given, from training_args.yaml, or inferred."""
+    """The chat template the run was trained with: given, from training_args.yaml, or inferred.
+    A template given by hand is checked against the one the run's tokenizer recorded."""
+    from ..templates import infer_template
+
     req = ctx.job.request
     if req.template:
         source = "given" if req.template_source == "given" else "from the run's training_args.yaml"
         ctx.job.set_result("template", {"name": req.template, "source": source})
         ctx.emit(f"template: {req.template} ({source})")
+        if req.template_source == "given":
+            try:
+                name, _note = infer_template(ctx, quiet=True)
+            except StageFailed:
+                return  # nothing recorded to compare with
+            if name != req.template and req.template not in ctx.extras.get("template_matches", ()):
+                ctx.extras["template_mismatch"] = (f"the chosen template {req.template} is not the one the run was "
+                                                   f"trained with ({name}, recorded in its tokenizer)")
+                ctx.emit(f"warning: {ctx.extras['template_mismatch']}")
         return
-    from ..templates import infer_template
-
     name, note = infer_template(ctx)
     ctx.job.request = replace(req, template=name, template_source="inferred")
     ctx.job.set_result("template", {"name": name, "source": "inferred from the run's tokenizer"})
     ctx.emit(f"template: {name} (inferred from the run's tokenizer){note}")
+
+
+def run_for_report(ctx: StageContext) -> None:
+    """Preflight of a report on a finished export: its plan, its files, the llama.cpp container."""
+    job = ctx.job
+    ctx.job.set_result("template", {"name": job.request.template, "source": "from the export"})
+    evals = ctx.extras["eval"] = eval_set(ctx.data_dir, job.request.run.path)
+    ctx.emit(f"evaluation text: {len(evals.text)} characters of {evals.source}")
+    calib = hashlib.sha256(evals.calibration.encode()).hexdigest()
+    job.plan = make_plan(ctx.data_dir, job.request, evals.digest, calib)
+    ctx.stamps = Stamps(job.plan)
+    missing = [p.name for p in (job.plan.gguf, *job.plan.quantized.values()) if not p.is_file()]
+    if missing:
+        raise StageFailed(f"The export's GGUF files are gone ({', '.join(missing)}); export the run again.")
+    job.set_result("workdir", str(job.plan.workdir))
+    try:
+        ctx.gateway.running_service_container(ctx.settings.llamacpp_service)
+    except (ServiceUnavailable, EngineUnavailable) as exc:
+        raise StageFailed(str(exc)) from None

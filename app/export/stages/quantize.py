@@ -6,10 +6,10 @@ import os
 
 from .. import commands
 from ..jobs import StageFailed
-from ..plan import partial
+from ..plan import IMATRIX_SUFFIX, partial
 from . import StageContext
 
-PROGRESS = (0.45, 0.6)
+PROGRESS = (0.42, 0.55)
 
 
 def run(ctx: StageContext) -> None:
@@ -28,8 +28,10 @@ def run(ctx: StageContext) -> None:
         else:
             out = job.add_partial(partial(path))
             out.touch()
-            ctx.tools.run(job, commands.quantize_command(ctx.settings, plan.gguf, out, q), f"quantize {q}")
-            if not out.is_file():
+            imatrix = plan.imatrix if q.endswith(IMATRIX_SUFFIX) else None
+            ctx.tools.run(job, commands.quantize_command(ctx.settings, plan.gguf, out, plan.qtype(q), imatrix),
+                          f"quantize {q}")
+            if not out.is_file() or out.stat().st_size == 0:
                 raise StageFailed(f"llama-quantize finished but wrote no {q} file.")
             os.replace(out, path)
             ctx.stamps.write(f"quantize:{q}", path)
