@@ -75,10 +75,23 @@ def files_under(path: Path) -> set[str]:
     return {str(p.relative_to(path)) for p in path.rglob("*") if "tunedeck.db" not in p.name}
 
 
+SYSTEM = 'Answer in """triple quotes""" if asked.\nSecond line: ünïcödé ✓'
+
+
+def full_export(env):
+    """The module's first full export (run once, by whichever test needs it first: any order works)."""
+    if "full" not in env:
+        import shutil
+
+        shutil.rmtree(env["data"] / "exports", ignore_errors=True)  # whatever ran before: merge for real
+        env["full"] = stream_export(env["app"].url, export_args(env["run"], quants=("Q4_K_M", "Q8_0"),
+                                                                name="tiny-test", system=SYSTEM, overwrite=True))
+    return env["full"]
+
+
 def test_full_export_streams_and_produces_verified_models(env):
-    system = 'Answer in """triple quotes""" if asked.\nSecond line: ünïcödé ✓'
-    seen, end = stream_export(env["app"].url, export_args(env["run"], quants=("Q4_K_M", "Q8_0"), name="tiny-test",
-                                                          system=system))
+    system = SYSTEM
+    seen, end = full_export(env)
     log, status = seen[-1][1], seen[-1][2]
     assert status["status"] == "succeeded", log[-3000:]
 
@@ -133,6 +146,7 @@ def test_full_export_streams_and_produces_verified_models(env):
 
 
 def test_second_run_with_same_inputs_reuses_stages(env):
+    full_export(env)
     seen, _ = stream_export(env["app"].url, export_args(env["run"], quants=("Q4_K_M", "Q8_0"), name="tiny-test",
                                                         system='Answer in """triple quotes""" if asked.\n'
                                                                "Second line: ünïcödé ✓", overwrite=True))
@@ -144,6 +158,7 @@ def test_second_run_with_same_inputs_reuses_stages(env):
 
 
 def test_existing_name_without_overwrite_is_refused(env):
+    full_export(env)  # Ollama holds tiny-test:q8_0
     before = files_under(env["data"])
     seen, _ = stream_export(env["app"].url, export_args(env["run"], quants=("Q4_K_M",), name="tiny-test:q8_0"))
     status = seen[-1][2]
@@ -153,6 +168,10 @@ def test_existing_name_without_overwrite_is_refused(env):
 
 
 def test_history_survives_restart(env):
+    full_export(env)
+    stream_export(env["app"].url, export_args(env["run"], quants=("Q4_K_M",), name="tiny-test:q8_0"))  # refused
+    stream_export(env["app"].url, export_args(env["run"], quants=("Q4_K_M", "Q8_0"), name="tiny-test",
+                                              system=SYSTEM, overwrite=True))
     settings = env["settings"]
     with running_app(settings) as second:
         client = Client(second.url, verbose=False)
@@ -193,6 +212,7 @@ def test_cancel_mid_merge_leaves_no_partial_folder(env):
 
 
 def test_converter_failing_midway_cleans_up(env):
+    full_export(env)
     # Corrupt the cached merged weights: merge is reused, the real converter then fails on them.
     merged = next(env["data"].glob("exports/*/merged"))
     weights = merged / "model.safetensors"

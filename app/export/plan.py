@@ -42,6 +42,7 @@ class ExportRequest:
     imatrix: bool = False            # importance matrix from the run's data, for the k-quants and IQ types
     report: bool = True              # quantization report (when there are quantized types)
     kl_threshold: float = 0.05       # the report recommends the smallest type below this mean KL divergence
+    base_only: bool = False          # export the run's base model itself (no adapter): "compare with base"
 
     def summary(self) -> dict:
         d = asdict(self)
@@ -56,7 +57,7 @@ def default_ollama_name(run: RunInfo) -> str:
 def build_request(data_dir: Path, *, run: str, base_model: str = "", template: str = "", dtype: str = "f16",
                   quant_types=("Q4_K_M",), ollama_name: str = "", system_prompt: str = "",
                   overwrite: bool = False, verify_prompt: str = "", imatrix: bool = False, report: bool = True,
-                  kl_threshold: object = 0.05) -> ExportRequest:
+                  kl_threshold: object = 0.05, base_only: bool = False) -> ExportRequest:
     """Validate raw inputs (from the UI or the API) into a request; raises InvalidInput."""
     run_name = check_text("Run", run or "", 1024).strip()
     if not run_name:
@@ -81,8 +82,11 @@ def build_request(data_dir: Path, *, run: str, base_model: str = "", template: s
     if not isinstance(overwrite, bool):
         raise InvalidInput("Overwrite must be true or false.")
     prompt = check_text("Verification prompt", verify_prompt or DEFAULT_VERIFY_PROMPT, 2000, allow_control=True)
+    if base_only and not os.path.isdir(base):
+        raise InvalidInput(f"Comparing with the base needs the base model as a folder in the data directory; "
+                           f"{base!r} is not one.")
     return ExportRequest(info, base, tmpl, dt, tuple(quants), name, validate_system_prompt(system_prompt),
-                         overwrite, prompt, source, imatrix, report, threshold)
+                         overwrite, prompt, source, imatrix, report, threshold, bool(base_only))
 
 
 # -- hashing --------------------------------------------------------------------------
@@ -169,9 +173,13 @@ def make_plan(data_dir: Path, request: ExportRequest, eval_digest: str = "", cal
     """Paths and reuse keys. `eval_digest`/`calib_digest` hash the evaluation and calibration texts."""
     base = request.base_model
     base_fp = fingerprint_dir(Path(base)) if os.path.isdir(base) else f"hub:{base}"
-    merge_key = _key("merge", adapter_fingerprint(Path(request.run.path)), base_fp, request.template)
+    if request.base_only:  # the base itself, shared by every run on it: content-keyed, named after the base
+        merge_key = _key("base", base_fp, request.template)
+        stem = slug(Path(base).name, 36) + "-base"
+    else:
+        merge_key = _key("merge", adapter_fingerprint(Path(request.run.path)), base_fp, request.template)
+        stem = slug(request.run.name.replace("/", "-"), 40)
     convert_key = _key("convert", merge_key, request.dtype)
-    stem = slug(request.run.name.replace("/", "-"), 40)
     workdir = Path(data_dir).resolve() / "exports" / f"{stem}-{merge_key[:10]}"
     gguf = workdir / f"{stem}-{request.dtype}.gguf"
     keys = {"merge": merge_key, "convert": convert_key, "chat": _key("chat", merge_key, request.template)}
@@ -203,7 +211,8 @@ def make_plan(data_dir: Path, request: ExportRequest, eval_digest: str = "", cal
         for label in delivered:
             q = ExportPlan.qtype(label)
             targets.append(OllamaTarget(f"{request.ollama_name}:{q.lower()}", quantized[label], label))
-    return ExportPlan(request, workdir, workdir / "merge.yaml", workdir / "merged", gguf, quantized, tuple(targets),
+    merged = Path(base) if request.base_only else workdir / "merged"
+    return ExportPlan(request, workdir, workdir / "merge.yaml", merged, gguf, quantized, tuple(targets),
                       keys, imatrix, workdir / "eval")
 
 

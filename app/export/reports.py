@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from .history import History
@@ -28,7 +29,51 @@ def report_request(data_dir: Path, history: History, job_id: object, kl_threshol
         raise InvalidInput(f"The GGUF files of export job {job_id} are gone ({', '.join(missing) or 'none listed'}); "
                            "export the run again.")
     template = (result.get("template") or {}).get("name") or req.get("template") or ""
-    return build_request(data_dir, run=req["run"], base_model=req["base_model"], template=template,
-                         dtype=req["dtype"], quant_types=req["quant_types"], ollama_name=req["ollama_name"],
-                         system_prompt=req.get("system_prompt") or "", overwrite=True,
-                         imatrix=bool(req.get("imatrix")), report=True, kl_threshold=kl_threshold)
+    request = build_request(data_dir, run=req["run"], base_model=req["base_model"], template=template,
+                            dtype=req["dtype"], quant_types=req["quant_types"], ollama_name=req["ollama_name"],
+                            system_prompt=req.get("system_prompt") or "", overwrite=True,
+                            imatrix=bool(req.get("imatrix")), report=True, kl_threshold=kl_threshold)
+    return replace(request, template_source="run")  # the export's own template, not one chosen by hand
+
+
+def _export_row(history: History, job_id: str) -> dict:
+    row = history.get(job_id)
+    if row is None:
+        raise InvalidInput(f"No export job {job_id!r} in the history.")
+    if row["status"] != "succeeded" or (row["request"] or {}).get("base_only"):
+        raise InvalidInput(f"Export job {job_id} is not a finished export of a fine-tune.")
+    return row
+
+
+def base_request(data_dir: Path, history: History, job_id: object = "", run: object = "") -> ExportRequest:
+    """"Compare with base": the run's base model exported like the fine-tune of export `job_id` (or of the
+    newest finished export of `run`): same template, dtype and quantization, named `<name>-base`."""
+    job_id = check_text("Export job", job_id or "", 64).strip()
+    run = check_text("Run", run or "", 1024).strip()
+    if not job_id:
+        if not run:
+            raise InvalidInput("Choose a run or an export job to compare with its base model.")
+        row = next((r for r in history.recent(500) if r["run"] == run and r["status"] == "succeeded"
+                    and not (r["request"] or {}).get("base_only")), None)
+        if row is None:
+            raise InvalidInput(f"Run {run!r} has no finished export yet; export it first, then compare.")
+    else:
+        row = _export_row(history, job_id)
+    req, result = row["request"], row["result"] or {}
+    template = (result.get("template") or {}).get("name") or req.get("template") or ""
+    name = req["ollama_name"].rsplit(":", 1)[0] if ":" in req["ollama_name"].rsplit("/", 1)[-1] else req["ollama_name"]
+    request = build_request(data_dir, run=req["run"], base_model=req["base_model"], template=template,
+                            dtype=req["dtype"], quant_types=req["quant_types"], ollama_name=f"{name}-base",
+                            system_prompt=req.get("system_prompt") or "", overwrite=True, report=False,
+                            base_only=True)
+    return replace(request, template_source="run")
+
+
+def model_pair(request: ExportRequest) -> list[str]:
+    """The Ollama names of the fine-tune and of its base, for the Playground (first quantized type)."""
+    base = request.ollama_name
+    tuned = base[: -len("-base")]
+    if len(request.quant_types) > 1:
+        tag = ":" + request.quant_types[0].lower()
+        return [tuned + tag, base + tag]
+    return [tuned, base]

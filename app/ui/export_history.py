@@ -70,7 +70,9 @@ def build(runtime: Runtime) -> dict:
         selected = gr.Textbox(label="Selected job", interactive=False, elem_id="history-selected")
         history_verdict = gr.Markdown("", elem_id="history-verdict")
         history_report = gr.Dataframe(headers=REPORT_COLUMNS, interactive=False, elem_id="history-report")
-        report_button = gr.Button("Quantization report for the selected job", elem_id="history-report-run")
+        with gr.Row():
+            report_button = gr.Button("Quantization report for the selected job", elem_id="history-report-run")
+            compare_button = gr.Button("Compare with base (opens the Playground)", elem_id="history-compare")
         history_log = gr.Textbox(label="Log of the selected job", lines=10, max_lines=10, elem_id="history-log")
     with gr.Accordion("Ollama models", open=False):
         models_info = gr.Markdown("", elem_id="ollama-info")
@@ -89,4 +91,4 @@ def build(runtime: Runtime) -> dict:
     return {"history": history, "history_table": history_table, "models": models, "models_info": models_info,
             "ollama_models": ollama_models, "models_refresh": models_refresh, "confirm": confirm,
             "confirm_text": confirm_text, "do_delete": do_delete, "delete_name": delete_name,
-            "selected": selected, "report_button": report_button}
+            "selected": selected, "report_button": report_button, "compare_button": compare_button}

@@ -13,7 +13,7 @@ import gradio as gr
 
 from ..export.engine import ExportBusy, ExportJob
 from ..export.plan import DEFAULT_VERIFY_PROMPT, build_request, default_ollama_name
-from ..export.reports import report_request
+from ..export.reports import base_request, report_request
 from ..export.validation import GGUF_DTYPES, QUANT_TYPES, InvalidInput
 from ..runs import discover_runs, find_run
 from ..runtime import DataDirUnavailable, Runtime
@@ -116,6 +116,18 @@ def build(runtime: Runtime) -> dict:
         async for update in follow(job):
             yield update
 
+    async def compare_base(job_id: str, run: str) -> AsyncIterator[tuple[str, dict]]:
+        """Export the base model like a fine-tune's export, as `<name>-base` (public API: /compare_base;
+        give an export job id, or a run to use its newest export); streams (log, status)."""
+        try:
+            request = await asyncio.to_thread(base_request, runtime.settings.data_dir, runtime.exports.history,
+                                              job_id, run)
+            job = await asyncio.to_thread(runtime.exports.start, request)
+        except (InvalidInput, ExportBusy, DataDirUnavailable) as exc:
+            raise gr.Error(str(exc), print_exception=False) from None
+        async for update in follow(job):
+            yield update
+
     def cancel_export() -> None:
         """Cancel the running export (public API: /cancel_export)."""
         try:
@@ -190,6 +202,7 @@ def build(runtime: Runtime) -> dict:
         cancel.click(cancel_export, None, None, cancels=[export_event], **PRIVATE)
         gr.api(list_runs, api_name="runs", concurrency_limit=None)
         gr.api(quant_report, api_name="quant_report", concurrency_limit=None)
+        gr.api(compare_base, api_name="compare_base", concurrency_limit=None)
         report_event = lower["report_button"].click(quant_report, [lower["selected"], threshold], [log, status],
                                                     concurrency_limit=None, **PRIVATE)
         cancel.click(None, None, None, cancels=[report_event], **PRIVATE)
@@ -197,7 +210,8 @@ def build(runtime: Runtime) -> dict:
         lower["models_refresh"].click(lower["ollama_models"], None, model_outputs, **PRIVATE)
         lower["confirm"].click(lower["do_delete"], [lower["delete_name"]],
                                [lower["confirm_text"], lower["confirm"], *model_outputs], **PRIVATE)
-    return {"run": run, "runs_table": runs_table, "no_runs": no_runs, "refresh": refresh_runs,
+    return {"compare_base": compare_base, "selected": lower["selected"], "compare_button": lower["compare_button"],
+            "run": run, "runs_table": runs_table, "no_runs": no_runs, "refresh": refresh_runs,
             "base_model": base_model, "template": template, "name": name, "history": lower["history"],
             "history_table": lower["history_table"], "model_outputs": model_outputs,
             "ollama_models": lower["ollama_models"]}

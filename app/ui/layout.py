@@ -10,7 +10,7 @@ from fastapi.routing import APIRoute
 
 from ..runtime import Runtime
 from ..sessions import AUTH_PATH
-from . import datasets_tab, export_tab, runs_tab, services_tab
+from . import datasets_tab, export_tab, playground_tab, runs_tab, services_tab
 from .tool_tabs import TB_HINT, ToolTab, build_tool_tab, frame_html, has_event_files, request_origin, resolve_url
 
 UPTIME_REFRESH_S = 10  # re-render an unchanged table now and then so uptimes move
@@ -61,6 +61,7 @@ def build_app(runtime: Runtime, login: bool = False) -> gr.Blocks:
             frames += [build_tool_tab(tool) for tool in tools[1:]]
             runs = runs_tab.build(runtime)
             export = export_tab.build(runtime)
+            playground = playground_tab.build(runtime)
         outputs = [view, banner, services["summary"], services["table"], services["service"], services["target"],
                    *frames]
 
@@ -95,9 +96,26 @@ def build_app(runtime: Runtime, login: bool = False) -> gr.Blocks:
         demo.load(export["history_table"], None, [export["history"]], api_visibility="private")
         demo.load(export["ollama_models"], None, export["model_outputs"], api_visibility="private")
         demo.load(datasets["load"], None, datasets["outputs"], api_visibility="private")
+        demo.load(playground["model_names"], None, [playground["models"], playground["note"]],
+                  api_visibility="private")
+        demo.load(playground["runs_choices"], None, [playground["run"]], api_visibility="private")
         demo.load(runs["refresh"], [runs["select"], runs["state"]], runs["outputs"], api_visibility="private")
         runs["export_button"].click(runs["export_target"], [runs["select"]], [export["run"], tabs],
                                     api_visibility="private")
+        compare_outputs = [playground["note"], playground["models"], tabs]
+
+        async def compare_run(run: str):
+            async for update in playground["compare"](export["compare_base"], "", run):
+                yield update
+
+        async def compare_job(job: str):
+            async for update in playground["compare"](export["compare_base"], job, ""):
+                yield update
+
+        playground["compare_button"].click(compare_run, [playground["run"]], compare_outputs,
+                                           api_visibility="private", concurrency_limit=None)
+        export["compare_button"].click(compare_job, [export["selected"]], compare_outputs,
+                                       api_visibility="private", concurrency_limit=None)
         gr.Timer(1.0).tick(
             render, inputs=[view], outputs=outputs, api_visibility="private",
             concurrency_limit=None, show_progress="hidden",

@@ -19,7 +19,8 @@ Run it with the tools venv:  python ollama_server.py --port 11434 --root /tmp/ol
 
 Test hooks (not Ollama API): GET /_standin/requests (create/chat bodies received, prompts,
 disconnects), POST /_standin/fail {"create": "message"} (next create fails mid-stream),
-POST /_standin/fail {"upload_drop_after": N} (next upload drops the connection after N bytes).
+POST /_standin/fail {"upload_drop_after": N} (next upload drops the connection after N bytes),
+POST /_standin/fail {"token_delay": S} (every generated token takes S seconds more, until set to 0).
 """
 
 from __future__ import annotations
@@ -445,6 +446,9 @@ class Handler(BaseHTTPRequestHandler):
                                             top_p=float(options.get("top_p", 0.9)), min_p=0.0,
                                             repeat_penalty=float(options.get("repeat_penalty", 1.1))):
                         count += 1
+                        delay = st.fail.get("token_delay")
+                        if delay:
+                            time.sleep(float(delay))
                         if llama_cpp.llama_vocab_is_eog(vocab, tok):
                             reason = "stop"
                             break
@@ -454,7 +458,9 @@ class Handler(BaseHTTPRequestHandler):
                             text += pending.decode("utf-8")
                             pending = b""
                         except UnicodeDecodeError:
-                            pass
+                            if len(pending) >= 4:  # no UTF-8 character is longer: it will never be valid
+                                text += pending.decode("utf-8", "replace")
+                                pending = b""
                         hit = next((s for s in stops if s in text), None)
                         if hit:
                             text = text[: text.index(hit)]

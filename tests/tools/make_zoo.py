@@ -27,7 +27,7 @@ from pathlib import Path
 
 FAMILIES = {
     # name: (vocab file, architecture, template, tied embeddings, chat template file or None)
-    "llama3": ("ggml-vocab-llama-bpe.gguf", "llama", "llama3", False, None),
+    "llama3": ("ggml-vocab-llama-bpe.gguf", "llama", "llama3", False, None),  # Llama 3.1 special-token names
     "qwen2": ("ggml-vocab-qwen2.gguf", "qwen2", "qwen", True, "Qwen-Qwen2.5-7B-Instruct.jinja"),
     "llama2": ("ggml-vocab-llama-spm.gguf", "llama", "llama2", False, None),
 }
@@ -62,11 +62,20 @@ def read_vocab(path: Path) -> dict:
             "add_bos": field("tokenizer.ggml.add_bos_token")}
 
 
+LLAMA31_SPECIALS = {128004: "<|finetune_right_pad_id|>", 128008: "<|eom_id|>", 128010: "<|python_tag|>"}
+
+
 def bpe_tokenizer(v: dict, family: str):
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    tokens, types = v["tokens"], v["types"]
+    tokens, types = list(v["tokens"]), v["types"]
+    if family == "llama3":
+        # Llama 3.1's names for three of Llama 3.0's reserved special tokens (the vocab file is 3.0's):
+        # LLaMA-Factory's llama3 template stops on <|eom_id|>, which 3.0 lacks.
+        for i, name in LLAMA31_SPECIALS.items():
+            tokens[i] = name
+        v["tokens"] = tokens
     vocab = {t: i for i, t in enumerate(tokens) if types[i] == 1}
     merges = [tuple(m.split(" ", 1)) for m in v["merges"]]
     model = models.BPE(vocab=vocab, merges=merges, ignore_merges=family == "llama3", byte_fallback=False)

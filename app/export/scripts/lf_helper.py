@@ -80,7 +80,15 @@ def literal_pieces(template):
     return out
 
 
+def render(tokenizer, jinja, messages):
+    return tokenizer.apply_chat_template(messages, tokenize=False, chat_template=jinja, add_generation_prompt=True)
+
+
 def infer_template(run, base):
+    """Which LLaMA-Factory template wrote (or would render like) the chat template the run saved.
+
+    LLaMA-Factory saves its own Jinja for a template when the base model has none, so an exact match
+    names it; an instruct model keeps its own Jinja, which matches the template rendering the same text."""
     from llamafactory.data import TEMPLATES, get_template_and_fix_tokenizer
     from llamafactory.hparams import DataArguments
 
@@ -88,63 +96,102 @@ def infer_template(run, base):
     if not saved:
         return answer({"matches": [], "closest": [], "source": None})
     base_tok = tokenizer_of(run, base)
-    renders = {}
-    for key, messages in CONVERSATIONS.items():
-        text = base_tok.apply_chat_template(messages, tokenize=False, chat_template=saved, add_generation_prompt=True)
-        renders[key] = (text, base_tok(text, add_special_tokens=False)["input_ids"])
-    everything = " ".join(text for text, _ in renders.values())
+    renders = {key: render(base_tok, saved, messages) for key, messages in CONVERSATIONS.items()}
+    everything = " ".join(renders.values())
     scores = []
     for name in sorted(TEMPLATES):
-        template = TEMPLATES[name]
-        if not all(piece.strip() in everything for piece in literal_pieces(template)):
+        if not all(piece.strip() in everything for piece in literal_pieces(TEMPLATES[name])):
             continue  # cannot produce these prompts: skip the expensive check
         tok = copy.deepcopy(base_tok)
         try:
             template = get_template_and_fix_tokenizer(tok, DataArguments(template=name))
-            same, ratio = 0, 0.0
-            for key, messages in CONVERSATIONS.items():
-                ids = lf_prompt_ids(template, tok, messages)
-                same += ids == renders[key][1]
-                ratio += difflib.SequenceMatcher(None, ids, renders[key][1]).ratio() / len(CONVERSATIONS)
-            jinja_same = template._get_jinja_template(tok).strip() == saved.strip()
-        except Exception as exc:  # noqa: BLE001 - a template this tokenizer cannot use is no candidate
+            jinja = template._get_jinja_template(tok)
+            ours = {key: render(tok, jinja, messages) for key, messages in CONVERSATIONS.items()}
+        except Exception as exc:  # noqa: BLE001 - a template this tokenizer cannot render is no candidate
             say(f"{name}: {type(exc).__name__}: {exc}")
             continue
-        scores.append((name, same, jinja_same, round(ratio, 4)))
-    full = len(CONVERSATIONS)
-    matches = [s for s in scores if s[1] == full]
-    matches.sort(key=lambda s: (not s[2], len(s[0]), s[0]))
-    closest = sorted(scores, key=lambda s: (-s[1], -s[3], len(s[0])))[:3]
+        same = sum(ours[k] == renders[k] for k in renders)
+        ratio = sum(difflib.SequenceMatcher(None, ours[k], renders[k]).ratio() for k in renders) / len(renders)
+        scores.append((name, jinja.strip() == saved.strip(), same, round(ratio, 4)))
+    matches = [s for s in scores if s[1] or s[2] == len(CONVERSATIONS)]
+    matches.sort(key=lambda s: (not s[1], len(s[0]), s[0]))
+    closest = sorted(scores, key=lambda s: (-s[2], -s[3], len(s[0])))[:3]
     answer({"matches": [s[0] for s in matches], "closest": [[s[0], s[3]] for s in closest], "source": source})
 
 
+def elements(formatter, tok, placeholder):
+    """A formatter's slots as ("text", go-template) / ("special", token) elements, as LLaMA-Factory encodes
+    them: each text slot is tokenized on its own."""
+    out = []
+    for slot in formatter.apply():
+        if isinstance(slot, str):
+            if slot:
+                out.append(("text", slot.replace("{{content}}", "{{ " + placeholder + " }}")))
+        elif isinstance(slot, set):
+            name = "bos_token" if "bos_token" in slot else "eos_token" if "eos_token" in slot else None
+            token = getattr(tok, name, None) if name else None
+            if token:
+                out.append(("special", token))
+        elif isinstance(slot, dict):
+            raise ValueError("Dict slots are not supported.")
+    return out
+
+
+def adds_space_per_segment(tok):
+    """SentencePiece tokenizers (add_dummy_prefix) start every separately encoded text with '▁'."""
+    pieces = tok.convert_ids_to_tokens(tok.encode("a", add_special_tokens=False))
+    return bool(pieces) and pieces[0].startswith("\u2581")
+
+
+def join(elems, after_text, spm):
+    """Go-template text of `elems`. With a SentencePiece tokenizer, a text element that follows text gets a
+    leading space: llama.cpp adds the '▁' only at the start and after special tokens, LLaMA-Factory to
+    every element it encodes."""
+    out = []
+    for kind, value in elems:
+        out.append((" " if spm and kind == "text" and after_text else "") + value)
+        after_text = kind == "text"
+    return "".join(out)
+
+
+def ends_with_text(elems, default=False):
+    return elems[-1][0] == "text" if elems else default
+
+
 def ollama_template(template, tok, adds_bos):
-    """LLaMA-Factory's Ollama template with the fixes a served model needs: no second BOS where the
-    runtime adds one, and the system folded into the first user turn for Llama-2-style templates."""
+    """An Ollama template that renders exactly the prompt LLaMA-Factory built at training: no second BOS
+    where the runtime adds one, the system folded into the first user turn for Llama-2-style templates,
+    and the spaces a SentencePiece tokenizer put at each element LLaMA-Factory encoded separately."""
     from llamafactory.data.template import Llama2Template
 
-    def slots(formatter, placeholder):
-        return template._convert_slots_to_ollama(formatter.apply(), tok, placeholder=placeholder)
-
+    spm = adds_space_per_segment(tok)
     bos = tok.bos_token or ""
-    prefix = slots(template.format_prefix, ".Content")
-    if adds_bos and bos and prefix.startswith(bos):
-        prefix = prefix[len(bos):]
-    user = slots(template.format_user, "$m.Content")
-    assistant = slots(template.format_assistant, "$m.Content")
+    prefix = elements(template.format_prefix, tok, ".Content")
+    if adds_bos and prefix and prefix[0] == ("special", bos):
+        prefix = prefix[1:]
+    user = elements(template.format_user, tok, "$m.Content")
+    assistant = elements(template.format_assistant, tok, "$m.Content")
+    after_assistant = join(user, ends_with_text(assistant), spm)
+    is_first = '(or (eq $i 0) (and (eq $i 1) (eq (index $.Messages 0).Role "system")))'
     if isinstance(template, Llama2Template):
-        system = slots(template.format_system, "$.System")
-        first_user = user
-        if adds_bos and bos and first_user.startswith(bos):
-            first_user = first_user[len(bos):]
-        with_system = first_user.replace("{{ $m.Content }}", "{{ if $.System }}" + system + "{{ end }}{{ $m.Content }}")
-        is_first = '(or (eq $i 0) (and (eq $i 1) (eq (index $.Messages 0).Role "system")))'
-        turn = ('{{ if eq $m.Role "user" }}{{ if ' + is_first + " }}" + with_system + "{{ else }}" + user + "{{ end }}"
-                '{{ else if eq $m.Role "assistant" }}' + assistant + "{{ end }}")
-        return prefix + "{{ range $i, $m := .Messages }}" + turn + "{{ end }}"
-    system = slots(template.format_system, ".System")
-    return (prefix + "{{ if .System }}" + system + "{{ end }}{{ range $i, $m := .Messages }}"
-            '{{ if eq $m.Role "user" }}' + user + '{{ else if eq $m.Role "assistant" }}' + assistant + "{{ end }}{{ end }}")
+        first = list(user)
+        if adds_bos and first and first[0] == ("special", bos):
+            first = first[1:]
+        system_text = join(elements(template.format_system, tok, "$.System"), False, False)
+        first_text = join(first, ends_with_text(prefix), spm)
+        first_text = first_text.replace("{{ $m.Content }}", "{{ if $.System }}" + system_text + "{{ end }}{{ $m.Content }}")
+        user_turn = "{{ if " + is_first + " }}" + first_text + "{{ else }}" + after_assistant + "{{ end }}"
+        body = ""
+    else:
+        system = elements(template.format_system, tok, ".System")
+        after_system = join(user, ends_with_text(system), spm)
+        after_prefix = join(user, ends_with_text(prefix), spm)
+        user_turn = ("{{ if " + is_first + " }}{{ if $.System }}" + after_system + "{{ else }}" + after_prefix +
+                     "{{ end }}{{ else }}" + after_assistant + "{{ end }}")
+        body = "{{ if .System }}" + join(system, ends_with_text(prefix), spm) + "{{ end }}"
+    turn = ('{{ if eq $m.Role "user" }}' + user_turn + '{{ else if eq $m.Role "assistant" }}' +
+            join(assistant, ends_with_text(user), spm) + "{{ end }}")
+    return join(prefix, False, spm) + body + "{{ range $i, $m := .Messages }}" + turn + "{{ end }}"
 
 
 def chat_format(model, name, adds_bos):

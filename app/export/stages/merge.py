@@ -19,6 +19,11 @@ TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json",
 
 def run(ctx: StageContext) -> None:
     plan, req = ctx.plan, ctx.request
+    if req.base_only:
+        ctx.emit(f"base model {plan.merged_dir}: nothing to merge, it is converted as it is")
+        ctx.job.set_stage_status("merge", "skipped")
+        ctx.job.set_result("merged_dir", str(plan.merged_dir))
+        return
     if "merge" in ctx.skip:
         ctx.emit(f"reused {plan.merged_dir}")
         ctx.job.set_stage_status("merge", "reused")
