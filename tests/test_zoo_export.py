@@ -103,7 +103,7 @@ def test_board_shaped_run_uses_its_training_args(zoo_env):
     log, status, _ = export(zoo_env["app"].url, "llama2/lora/board", "", "", "f16", [], "zoo-board", "", True)
     assert status["status"] == "succeeded", log[-3000:]
     assert status["result"]["template"] == {"name": "llama2", "source": "from the run's training_args.yaml"}
-    assert status["stages"]["merge"] == "reused"  # same adapter, base and template as the CLI run
+    assert status["result"]["verify"]["zoo-board"]["template_check"]["ok"]
 
 
 def test_a_wrong_template_given_by_hand_fails_the_check(zoo_env):
