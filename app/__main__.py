@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import logging
+import os
 import signal
 import sys
 import threading
@@ -112,8 +113,14 @@ def main(argv: list[str] | None = None) -> int:
         log.info("stopping")
         if not runtime.shutdown(SHUTDOWN_S):
             log.warning("the running export did not finish its cleanup in %.0f s", SHUTDOWN_S)
-        threading.Thread(target=demo.close, daemon=True).start()
-    return 0
+        closer = threading.Thread(target=demo.close, daemon=True)
+        closer.start()
+        closer.join(1.0)
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+    # The web server's own threads are not daemons: leave now that every job is cleaned up.
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,10 @@ def control(container="{outsider}", action="stop", confirm=True):
     return ("/control", (container, action, confirm))
 
 
+def chat(model="some-model", messages=({"role": "user", "content": "hi"},), options=None):
+    return ("/chat", (model, list(messages), options or {}))
+
+
 CASES = [
     ("unknown run", export(run="nope/run"), "Unknown run 'nope/run'"),
     ("run above saves/", export(run="../../etc"), "outside"),
@@ -73,6 +77,18 @@ CASES = [
     ("shell in container name", control(container="$(reboot)"), "Refused"),
     ("unknown action", control(action="rm"), "Unknown action"),
     ("unconfirmed action", control(confirm=False), "Confirm to stop"),
+    ("register an unknown dataset", ("/register_dataset", ("nope",)), "No easy-dataset export named 'nope'"),
+    ("register nothing", ("/register_dataset", ("",)), "Choose a dataset"),
+    ("report on an unknown job", ("/quant_report", ("nope", 0.05)), "No export job 'nope'"),
+    ("report without a job", ("/quant_report", ("", 0.05)), "Choose an export job"),
+    ("compare with neither job nor run", ("/compare_base", ("", "")), "Choose a run or an export job"),
+    ("compare an unknown job", ("/compare_base", ("nope", "")), "No export job 'nope'"),
+    ("compare a run never exported", ("/compare_base", ("", RUN)), "has no finished export yet"),
+    ("chat with an empty message", chat(messages=({"role": "user", "content": " "},)), "Type a message first"),
+    ("chat with a bad role", chat(messages=({"role": "root", "content": "x"},)), "needs a role"),
+    ("chat with a bad model name", chat(model="bad name"), "not a valid Ollama model name"),
+    ("chat with an unknown option", chat(options={"mirostat": 2}), "Unknown option 'mirostat'"),
+    ("chat with a list of models", chat(model=["a", "b"]), "Model must be one Ollama model name"),
 ]
 
 

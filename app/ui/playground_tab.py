@@ -107,6 +107,8 @@ def build(runtime: Runtime) -> dict:
     async def chat_api(model: str, messages: list, options: dict) -> AsyncIterator[dict]:
         """Stream one model's answer (public API: /chat): {content, delta, done, stats} per piece."""
         try:
+            if not isinstance(model, str):
+                raise InvalidInput("Model must be one Ollama model name.")
             model = validate_models(model, 1)[0]
             msgs, opts = validate_messages(messages), validate_options(options)
         except InvalidInput as exc:

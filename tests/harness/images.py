@@ -24,7 +24,8 @@ APPLETS = [
 ]
 
 
-def _rootfs_tar() -> bytes:
+def _rootfs_tar(extra: dict[str, tuple[bytes, int]] | None = None) -> bytes:
+    """busybox + links; `extra` adds files: {path in the image: (content, mode)}."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
         for d in ("bin", "tmp", "etc", "proc", "sys", "dev", "root", "var", "usr", "srv"):
@@ -49,7 +50,20 @@ def _rootfs_tar() -> bytes:
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
+        for name, (data, mode) in (extra or {}).items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), mode
+            tar.addfile(info, io.BytesIO(data))
     return buf.getvalue()
+
+
+def import_image(ref: str, changes: list[str], extra: dict[str, tuple[bytes, int]] | None = None) -> str:
+    """`docker import` the busybox rootfs (plus `extra` files) with Dockerfile-style `changes`."""
+    cmd = ["docker", "import"]
+    for change in changes:
+        cmd += ["--change", change]
+    subprocess.run([*cmd, "-", ref], input=_rootfs_tar(extra), check=True, capture_output=True)
+    return ref
 
 
 def _have(client: docker.DockerClient, ref: str) -> bool:

@@ -1,0 +1,110 @@
+"""bench/chat: tokens per second a client receives through TuneDeck's /chat, divided by the tokens per
+second from calling the Ollama stand-in's /api/chat directly; and the first token's extra latency.
+
+The stand-in runs the tiny model's real GGUF with llama.cpp, its end-of-sequence token muted so
+every answer runs to the token limit. Both sides alternate five times; medians are compared.
+Targets: ratio >= 0.95, first-token extra latency < 100 ms.   Run: python bench/chat.py [TOKENS]
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+from _common import new_stack, report
+
+from app.ollama import OllamaClient, file_digest
+from gradio_client import Client
+from tests.harness.appserver import running_app, settings_for
+from tests.harness.toolbox import run_tools_script, start_ollama
+
+TOKENS = int(sys.argv[1]) if len(sys.argv) > 1 else 1500
+MESSAGES = [{"role": "user", "content": "Tell me a long story."}]
+OPTIONS = {"num_predict": TOKENS, "temperature": 0, "seed": 1}
+
+
+def direct(url: str) -> tuple[float, float, int]:
+    """(tokens/s as received, seconds to the first token, tokens) calling the stand-in itself."""
+    t0 = time.monotonic()
+    first = None
+    with httpx.stream("POST", url + "/api/chat", json={"model": "bench", "messages": MESSAGES, "options": OPTIONS,
+                                                        "stream": True}, timeout=300) as resp:
+        for line in resp.iter_lines():
+            item = json.loads(line)
+            if first is None and (item.get("message") or {}).get("content"):
+                first = time.monotonic()
+            if item.get("done"):
+                count = item["eval_count"]
+    return count / (time.monotonic() - first), first - t0, count
+
+
+def through_tunedeck(client: Client) -> tuple[float, float, int]:
+    t0 = time.monotonic()
+    first = None
+    job = client.submit("bench", MESSAGES, OPTIONS, api_name="/chat")
+    for update in job:
+        if first is None and update["content"]:
+            first = time.monotonic()
+        if update["done"]:
+            count = update["stats"]["eval_tokens"]
+    return count / (time.monotonic() - first), first - t0, count
+
+
+def main() -> None:
+    stack = new_stack()
+    data = Path(tempfile.mkdtemp(prefix="td-bench-chat-"))
+    try:
+        gguf = make_gguf(data)
+        ollama = start_ollama(stack)
+        oc = OllamaClient(ollama.url)
+        digest = file_digest(gguf)
+        oc.push_blob(gguf, digest)
+        list(oc.create({"model": "bench", "files": {"model.gguf": digest},
+                        "template": "{{ range .Messages }}{{ .Content }}{{ end }}",
+                        "parameters": {"num_ctx": TOKENS + 64}}))
+        settings = settings_for(tunedeck_project=stack.project, tunedeck_data_dir=str(data),
+                                tunedeck_ollama_url=ollama.url)
+        with running_app(settings) as app:
+            client = Client(app.url, verbose=False)
+            direct(ollama.url), through_tunedeck(client)  # warm-up: model loaded, connections open
+            ours, theirs = [], []
+            for _ in range(5):
+                theirs.append(direct(ollama.url))
+                ours.append(through_tunedeck(client))
+            client.close()
+        rate_d, rate_t = statistics.median(r[0] for r in theirs), statistics.median(r[0] for r in ours)
+        first_d, first_t = statistics.median(r[1] for r in theirs), statistics.median(r[1] for r in ours)
+        report("chat", tokens=ours[-1][2], direct_tok_s=round(rate_d), tunedeck_tok_s=round(rate_t),
+               ratio=round(rate_t / rate_d, 3), first_token_direct_ms=round(first_d * 1000),
+               first_token_tunedeck_ms=round(first_t * 1000),
+               first_token_extra_ms=round((first_t - first_d) * 1000))
+    finally:
+        stack.cleanup()
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def make_gguf(data: Path) -> Path:
+    """The tiny model, </s> muted, converted to f16 with the real converter (tools venv)."""
+    import os
+    import subprocess
+
+    from tests.harness.toolbox import tiny_run, tools_python
+
+    tiny_run(data, data)
+    model = data / "models" / "tiny-llama"
+    run_tools_script("mute_token.py", str(model), "2")
+    out = data / "bench.gguf"
+    app_dir = os.environ["TUNEDECK_LLAMACPP_APP"]
+    subprocess.run([tools_python(), f"{app_dir}/convert_hf_to_gguf.py", str(model), "--outtype", "f16",
+                    "--outfile", str(out)], check=True, capture_output=True)
+    return out
+
+
+if __name__ == "__main__":
+    main()
