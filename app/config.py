@@ -19,90 +19,42 @@ class EnvVar:
     help: str
 
 
-ENV_VARS: tuple[EnvVar, ...] = (
-    EnvVar("TUNEDECK_HOST", "127.0.0.1", "Address the dashboard listens on (`--host`)."),
-    EnvVar("TUNEDECK_PORT", "7860", "Port the dashboard listens on (`--port`)."),
-    EnvVar("TUNEDECK_ROOT_PATH", "", "Sub-path when served behind a proxy (`--root-path`)."),
-    EnvVar("GRADIO_SHARE", "false", "Create a public Gradio share link (`--share`); needs `TUNEDECK_AUTH`."),
-    EnvVar(
-        "TUNEDECK_AUTH",
-        "",
-        "Dashboard login: `user:password`, several separated by `,`, or the path of a file "
-        "with one `user:password` per line. Required for `--share` and for a non-local `--host`.",
-    ),
-    EnvVar("DOCKER_HOST", "unix:///var/run/docker.sock", "Docker engine the dashboard talks to."),
-    EnvVar("TUNEDECK_PROJECT", "tunedeck", "Compose project name: only its containers are shown and touched."),
-    EnvVar(
-        "TUNEDECK_SERVICES",
-        "caddy,app,easy-dataset,llamafactory,llamacpp,ollama,tensorboard",
-        "Compose services the stack is expected to have (shown as `missing` when absent).",
-    ),
-    EnvVar(
-        "TUNEDECK_DATA_DIR",
-        "/srv/tunedeck",
-        "Shared data directory, mounted at this same path in every model-touching container "
-        "(`saves/`, `exports/`, history database).",
-    ),
-    EnvVar("TUNEDECK_OLLAMA_URL", "http://localhost:11434", "Base URL of the Ollama HTTP API."),
-    EnvVar("TUNEDECK_LLAMAFACTORY_SERVICE", "llamafactory", "Compose service that runs `llamafactory-cli`."),
-    EnvVar("TUNEDECK_LLAMACPP_SERVICE", "llamacpp", "Compose service of the llama.cpp toolbox."),
-    EnvVar("TUNEDECK_OLLAMA_SERVICE", "ollama", "Compose service of Ollama."),
-    EnvVar("TUNEDECK_DATASET_SERVICE", "easy-dataset", "Compose service of easy-dataset."),
-    EnvVar("TUNEDECK_TENSORBOARD_SERVICE", "tensorboard", "Compose service of TensorBoard."),
-    EnvVar(
-        "TUNEDECK_LLAMAFACTORY_CLI", "llamafactory-cli", "Command of LLaMA-Factory's CLI inside its container."
-    ),
-    EnvVar(
-        "TUNEDECK_CONVERT_SCRIPT",
-        "/app/convert_hf_to_gguf.py",
-        "Path of llama.cpp's `convert_hf_to_gguf.py` inside the llama.cpp container.",
-    ),
-    EnvVar(
-        "TUNEDECK_QUANTIZE_BIN",
-        "/app/llama-quantize",
-        "Path of `llama-quantize` inside the llama.cpp container.",
-    ),
-    EnvVar(
-        "TUNEDECK_DATASET_URL",
-        "{scheme}://{hostname}:1717/",
-        "Iframe URL of easy-dataset; `{scheme}`, `{hostname}` and `{host}` follow the address "
-        "the browser used.",
-    ),
-    EnvVar("TUNEDECK_TRAINING_URL", "/llamafactory/", "Iframe URL of LLaMA-Factory's web UI (same placeholders)."),
-    EnvVar("TUNEDECK_TENSORBOARD_URL", "/tensorboard/", "Iframe URL of TensorBoard (same placeholders)."),
-    EnvVar("TUNEDECK_LOG_LEVEL", "info", "Log level of the app (`--log-level`): debug, info, warning or error."),
-    EnvVar(
-        "TUNEDECK_LLAMAFACTORY_DATA",
-        "{data_dir}/data",
-        "LLaMA-Factory's dataset dir (LLaMA Board's \"Data dir\"), where datasets are registered for training.",
-    ),
-    EnvVar(
-        "TUNEDECK_EASYDATASET_DIR",
-        "{data_dir}/easy-dataset/local-db",
-        "easy-dataset's project folder (its `local-db`; its database is in `../prisma`), where its "
-        "\"Use in LLaMA Factory\" exports appear.",
-    ),
-    EnvVar("TUNEDECK_PYTHON", "python3", "Python inside the LLaMA-Factory and llama.cpp containers."),
-    EnvVar("TUNEDECK_PERPLEXITY_BIN", "/app/llama-perplexity",
-           "Path of `llama-perplexity` inside the llama.cpp container."),
-    EnvVar("TUNEDECK_IMATRIX_BIN", "/app/llama-imatrix", "Path of `llama-imatrix` inside the llama.cpp container."),
-    EnvVar("TUNEDECK_BENCH_BIN", "/app/llama-bench", "Path of `llama-bench` inside the llama.cpp container."),
-    EnvVar(
-        "TUNEDECK_KL_THRESHOLD",
-        "0.05",
-        "Quantization report: recommend the smallest type whose mean KL divergence from f16 is below this.",
-    ),
-    EnvVar(
-        "TUNEDECK_FIDELITY_MIN",
-        "0.98",
-        "Fidelity stage: warn when the f16 GGUF agrees with the merged model on fewer top-1 tokens than this.",
-    ),
-    EnvVar(
-        "TUNEDECK_SESSION_HOURS",
-        "168",
-        "Lifetime of a dashboard login session in hours; the tool routes behind Caddy follow it.",
-    ),
-)
+# name | default | meaning (one setting per line; `--help` and the README's table are made from it)
+_TABLE = """
+TUNEDECK_HOST | 127.0.0.1 | Address the dashboard listens on (`--host`).
+TUNEDECK_PORT | 7860 | Port the dashboard listens on (`--port`).
+TUNEDECK_ROOT_PATH |  | Sub-path when served behind a proxy (`--root-path`).
+GRADIO_SHARE | false | Create a public Gradio share link (`--share`); needs `TUNEDECK_AUTH`.
+TUNEDECK_AUTH |  | Dashboard login: `user:password`, several separated by `,`, or the path of a file with one `user:password` per line. Empty: when a login is needed (a non-local `--host`, `--share`) one is made on first start and kept in `<data dir>/tunedeck-login`.
+DOCKER_HOST | unix:///var/run/docker.sock | Docker engine the dashboard talks to.
+TUNEDECK_PROJECT | tunedeck | Compose project name: only its containers are shown and touched.
+TUNEDECK_SERVICES | caddy,app,easy-dataset,llamafactory,llamacpp,ollama,tensorboard | Compose services the stack is expected to have (shown as `missing` when absent).
+TUNEDECK_DATA_DIR | /srv/tunedeck | Shared data directory, mounted at this same path in every model-touching container (`saves/`, `exports/`, history database).
+TUNEDECK_OLLAMA_URL | http://localhost:11434 | Base URL of the Ollama HTTP API.
+TUNEDECK_LLAMAFACTORY_SERVICE | llamafactory | Compose service that runs `llamafactory-cli`.
+TUNEDECK_LLAMACPP_SERVICE | llamacpp | Compose service of the llama.cpp toolbox.
+TUNEDECK_OLLAMA_SERVICE | ollama | Compose service of Ollama.
+TUNEDECK_DATASET_SERVICE | easy-dataset | Compose service of easy-dataset.
+TUNEDECK_TENSORBOARD_SERVICE | tensorboard | Compose service of TensorBoard.
+TUNEDECK_LLAMAFACTORY_CLI | llamafactory-cli | Command of LLaMA-Factory's CLI inside its container.
+TUNEDECK_CONVERT_SCRIPT | /app/convert_hf_to_gguf.py | Path of llama.cpp's `convert_hf_to_gguf.py` inside the llama.cpp container.
+TUNEDECK_QUANTIZE_BIN | /app/llama-quantize | Path of `llama-quantize` inside the llama.cpp container.
+TUNEDECK_DATASET_URL | {scheme}://{hostname}:1717/ | Iframe URL of easy-dataset; `{scheme}`, `{hostname}` and `{host}` follow the address the browser used.
+TUNEDECK_TRAINING_URL | /llamafactory/ | Iframe URL of LLaMA-Factory's web UI (same placeholders).
+TUNEDECK_TENSORBOARD_URL | /tensorboard/ | Iframe URL of TensorBoard (same placeholders).
+TUNEDECK_LOG_LEVEL | info | Log level of the app (`--log-level`): debug, info, warning or error.
+TUNEDECK_LLAMAFACTORY_DATA | {data_dir}/data | LLaMA-Factory's dataset dir (LLaMA Board's "Data dir"), where datasets are registered for training.
+TUNEDECK_EASYDATASET_DIR | {data_dir}/easy-dataset/local-db | easy-dataset's project folder (its `local-db`; its database is in `../prisma`), where its "Use in LLaMA Factory" exports appear.
+TUNEDECK_PYTHON | python3 | Python inside the LLaMA-Factory and llama.cpp containers.
+TUNEDECK_PERPLEXITY_BIN | /app/llama-perplexity | Path of `llama-perplexity` inside the llama.cpp container.
+TUNEDECK_IMATRIX_BIN | /app/llama-imatrix | Path of `llama-imatrix` inside the llama.cpp container.
+TUNEDECK_BENCH_BIN | /app/llama-bench | Path of `llama-bench` inside the llama.cpp container.
+TUNEDECK_KL_THRESHOLD | 0.05 | Quantization report: recommend the smallest type whose mean KL divergence from f16 is below this.
+TUNEDECK_FIDELITY_MIN | 0.98 | Fidelity stage: warn when the f16 GGUF agrees with the merged model on fewer top-1 tokens than this.
+TUNEDECK_SESSION_HOURS | 168 | Lifetime of a dashboard login session in hours; the tool routes behind Caddy follow it.
+"""
+ENV_VARS: tuple[EnvVar, ...] = tuple(EnvVar(*(part.strip() for part in line.split(" | ", 2)))
+                                     for line in _TABLE.strip().splitlines())
 
 _DEFAULTS = {v.name: v.default for v in ENV_VARS}
 

@@ -12,22 +12,18 @@ import logging
 import os
 import re
 import threading
-import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import docker
 import requests
 from docker.errors import APIError, DockerException, NotFound
 
+from .docker_exec import WRAPPER, ExecHandle
 from .log_chunks import LogChunks
 
 PROJECT_LABEL = "com.docker.compose.project"
 SERVICE_LABEL = "com.docker.compose.service"
-PID_MARKER = "@@tunedeck-pid "
-# Wrapper run around every tool: prints its PID first so a cancel can kill it (Docker has
-# no "kill exec"), then replaces itself with the tool. User data only ever travels in "$@".
-_WRAPPER = 'echo "' + PID_MARKER + '$$"; exec "$@"'
 log = logging.getLogger(__name__)
 _CONNECTION_ERRORS = (DockerException, requests.exceptions.RequestException, ConnectionError, OSError)
 
@@ -62,7 +58,7 @@ class ToolCommand:
 
 def wrapped_argv(command: ToolCommand) -> list[str]:
     """The argv `exec`ed for a tool: the PID-reporting wrapper, then the tool's own argv as "$@"."""
-    return ["sh", "-c", _WRAPPER, "tunedeck-tool", *command.argv]
+    return ["sh", "-c", WRAPPER, "tunedeck-tool", *command.argv]
 
 
 def docker_url() -> str:
@@ -245,68 +241,3 @@ class DockerGateway:
 
     def exec_running(self, exec_id: str) -> bool:
         return bool(self._call(lambda api: api.exec_inspect(exec_id)).get("Running"))
-
-
-class ExecHandle:
-    """A running tool: iterate its output lines, read its exit code, or kill it."""
-
-    def __init__(self, gateway: DockerGateway, container: str, exec_id: str, stream) -> None:
-        self.gateway = gateway
-        self.container = container
-        self.exec_id = exec_id
-        self._stream = stream
-        self.pid: int | None = None
-        self._pid_ready = threading.Event()
-
-    def lines(self, on_pid: Callable[[int], None] | None = None) -> Iterator[tuple[str, str]]:
-        """Yield (channel, line) as the tool prints them; progress bars (\\r) become lines.
-
-        `on_pid` is called with the tool's PID as soon as the wrapper reports it."""
-        buffers = {"stdout": "", "stderr": ""}
-        try:
-            for out, err in self._stream:
-                for channel, chunk in (("stdout", out), ("stderr", err)):
-                    if not chunk:
-                        continue
-                    buffers[channel] += chunk.decode("utf-8", "replace")
-                    *complete, buffers[channel] = re.split(r"\r\n|\n|\r", buffers[channel])
-                    for line in complete:
-                        if channel == "stdout" and self.pid is None and line.startswith(PID_MARKER):
-                            self.pid = int(line[len(PID_MARKER):])
-                            self._pid_ready.set()
-                            if on_pid:
-                                on_pid(self.pid)
-                            continue
-                        yield channel, line
-        finally:
-            self._pid_ready.set()
-            self.close()
-        for channel, rest in buffers.items():
-            if rest:
-                yield channel, rest
-
-    def exit_code(self) -> int | None:
-        return self.gateway.exec_exit_code(self.exec_id)
-
-    def kill(self, grace: float = 3.0) -> None:
-        """SIGTERM the tool, then SIGKILL it if it is still running after `grace` seconds."""
-        self._pid_ready.wait(timeout=2)
-        if self.pid is None:
-            self.close()
-            return
-        try:
-            self.gateway.signal_pid(self.container, self.pid, "TERM")
-            deadline = time.monotonic() + grace
-            while time.monotonic() < deadline:
-                if not self.gateway.exec_running(self.exec_id):
-                    return
-                time.sleep(0.1)
-            self.gateway.signal_pid(self.container, self.pid, "KILL")
-        except (EngineUnavailable, APIError, NotFound):
-            self.close()
-
-    def close(self) -> None:
-        try:
-            self._stream.close()
-        except Exception as exc:  # noqa: BLE001 - closing an already broken stream
-            log.debug("closing an exec stream failed: %s", exc)

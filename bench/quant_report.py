@@ -22,8 +22,7 @@ from _common import new_stack, report
 from app.export import commands
 from app.export.evaltext import eval_set
 from gradio_client import Client
-from tests.harness.appserver import running_app, settings_for
-from tests.harness.toolbox import start_llamacpp, start_llamafactory, start_ollama
+from tests.harness.toolbox import tool_app
 from tests.harness.zoo import install
 
 TYPES = ["Q8_0", "Q4_K_M", "Q2_K"]
@@ -67,12 +66,8 @@ def main() -> None:
     data = Path(tempfile.mkdtemp(prefix="td-bench-qr-")) / "data"
     try:
         install(data, ("llama3",))
-        start_llamafactory(stack, data)
-        cpp = start_llamacpp(stack, data)
-        ollama = start_ollama(stack)
-        settings = settings_for(tunedeck_project=stack.project, tunedeck_data_dir=str(data),
-                                tunedeck_ollama_url=ollama.url)
-        with running_app(settings) as app:
+        with tool_app(stack, data) as tools:
+            app, cpp = tools.app, tools.llamacpp
             client = Client(app.url, verbose=False)
             final = None
             for final in client.submit(RUN, "", "", "f16", TYPES, "bench", "", True, False, False,

@@ -400,6 +400,51 @@ def test_app_killed_mid_export_then_restarted(env):
         assert seen[-1][2]["status"] == "succeeded"
 
 
+def test_sigterm_cancels_the_running_export_and_exits_quickly(env):
+    """`docker compose stop app` sends SIGTERM: the tool is killed, its partial output removed, the
+    history says cancelled, and the app is gone within 5 s."""
+    import os
+    import signal
+    import subprocess
+
+    from tests.harness.parts import free_port, wait_for_port
+
+    s = env["settings"]
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app"], cwd=Path(__file__).resolve().parents[1], stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "TUNEDECK_PORT": str(port), "TUNEDECK_PROJECT": s.project,
+             "TUNEDECK_DATA_DIR": str(s.data_dir), "TUNEDECK_OLLAMA_URL": s.ollama_url,
+             "GRADIO_ANALYTICS_ENABLED": "False"})
+    try:
+        assert wait_for_port(port, 60)
+        client = Client(f"http://127.0.0.1:{port}", verbose=False)
+        job = client.submit(*export_args(env["run"], template="chatml", name="tiny-sigterm"), api_name="/export")
+        job_id, partials = None, []
+        for log, status in job:
+            job_id = status["job_id"]
+            if "[merge] $ llamafactory-cli" in (log or ""):
+                time.sleep(1.5)
+                partials = list(env["data"].rglob("merged.partial"))
+                t0 = time.monotonic()
+                proc.send_signal(signal.SIGTERM)
+                break
+        proc.wait(10)
+        exited_in = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert exited_in < 5, f"the app took {exited_in:.1f} s to exit"
+    assert partials and not any(p.exists() for p in partials)
+    ps = env["llamafactory"].exec_run(["ps", "-o", "args"]).output.decode()
+    assert "llamafactory-cli" not in ps, ps
+    from app.export.history import History
+
+    row = History(s.data_dir / "tunedeck.db").get(job_id)
+    assert row["status"] == "cancelled" and "merge" in row["error"]
+
+
 @pytest.mark.browser
 def test_export_tab_in_the_browser(env, page, screenshots):
     import re

@@ -15,9 +15,8 @@ import pytest
 from gradio_client import Client
 from playwright.sync_api import expect
 
-from tests.harness.appserver import running_app, settings_for
 from tests.harness.stack import Stack, new_project_name
-from tests.harness.toolbox import run_tools_script, start_llamacpp, start_llamafactory, start_ollama, tiny_run
+from tests.harness.toolbox import run_tools_script, tiny_run, tool_app
 
 pytestmark = pytest.mark.tools
 LONG = 4000  # tokens: with </s> muted the tiny model runs to its limit, so a stream lasts until stopped
@@ -31,12 +30,8 @@ def env(docker_client, hosttools_image, tmp_path_factory):
     try:
         run = tiny_run(data, tmp_path_factory.getbasetemp())
         run_tools_script("mute_token.py", str(data / "models" / "tiny-llama"), "2")  # </s>: answers run long
-        start_llamafactory(stack, data)
-        start_llamacpp(stack, data)
-        ollama = start_ollama(stack)
-        settings = settings_for(tunedeck_project=stack.project, tunedeck_data_dir=str(data),
-                                tunedeck_ollama_url=ollama.url)
-        with running_app(settings) as app:
+        with tool_app(stack, data) as tools:
+            app, ollama = tools.app, tools.ollama
             client = Client(app.url, verbose=False)
             final = None
             for final in client.submit(run, "", "", "f16", ["Q4_K_M", "Q8_0"], "pg", "", True, False, False,

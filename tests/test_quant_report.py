@@ -9,9 +9,8 @@ import time
 import pytest
 from gradio_client import Client
 
-from tests.harness.appserver import running_app, settings_for
 from tests.harness.stack import Stack, new_project_name
-from tests.harness.toolbox import run_tools_script, start_llamacpp, start_llamafactory, start_ollama
+from tests.harness.toolbox import run_tools_script, tool_app
 from tests.harness.zoo import install
 
 pytestmark = pytest.mark.tools
@@ -36,14 +35,9 @@ def env(docker_client, hosttools_image, tmp_path_factory):
         path.write_text(path.read_text().replace(str(data / "models" / "llama3"), str(data / "models" / "llama3-outliers")))
     stack = Stack(docker_client, new_project_name(), hosttools_image)
     try:
-        start_llamafactory(stack, data)
-        start_llamacpp(stack, data)
-        ollama = start_ollama(stack)
-        settings = settings_for(tunedeck_project=stack.project, tunedeck_data_dir=str(data),
-                                tunedeck_ollama_url=ollama.url)
-        with running_app(settings) as app:
-            client = Client(app.url, verbose=False)
-            yield {"data": data, "app": app, "client": client}
+        with tool_app(stack, data) as tools:
+            client = Client(tools.app.url, verbose=False)
+            yield {"data": data, "app": tools.app, "client": client}
             client.close()
     finally:
         stack.cleanup()

@@ -14,9 +14,8 @@ import time
 import pytest
 from gradio_client import Client
 
-from tests.harness.appserver import running_app, settings_for
 from tests.harness.stack import Stack, new_project_name
-from tests.harness.toolbox import run_tools_script, start_llamacpp, start_llamafactory, start_ollama
+from tests.harness.toolbox import run_tools_script, tool_app
 from tests.harness.zoo import FAMILIES, install, zoo_facts
 
 pytestmark = pytest.mark.tools
@@ -28,13 +27,8 @@ def zoo_env(docker_client, hosttools_image, tmp_path_factory):
     install(data)
     stack = Stack(docker_client, new_project_name(), hosttools_image)
     try:
-        start_llamafactory(stack, data)
-        start_llamacpp(stack, data)
-        ollama = start_ollama(stack)
-        settings = settings_for(tunedeck_project=stack.project, tunedeck_data_dir=str(data),
-                                tunedeck_ollama_url=ollama.url)
-        with running_app(settings) as app:
-            yield {"data": data, "app": app, "ollama": ollama, "stack": stack}
+        with tool_app(stack, data) as tools:
+            yield {"data": data, "app": tools.app, "ollama": tools.ollama, "stack": stack}
     finally:
         stack.cleanup()
 

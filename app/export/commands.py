@@ -80,12 +80,14 @@ def bench_command(settings: Settings, gguf: Path, tokens: int = 32) -> ToolComma
         settings.bench_bin, "-m", str(gguf), "-p", "0", "-n", str(tokens), "-r", "2", "-o", "json"))
 
 
-_HELPER = Path(__file__).with_name("scripts") / "lf_helper.py"
+_SCRIPTS = Path(__file__).with_name("scripts")
+HELPERS = {"infer-template": "templates.py", "chat-format": "templates.py", "hf-logits": "logits.py"}
 HELPER_ENV = (("HF_HUB_OFFLINE", "1"), ("TRANSFORMERS_OFFLINE", "1"), ("DISABLE_VERSION_CHECK", "1"),
               ("TOKENIZERS_PARALLELISM", "false"))
 
 
-def helper_command(settings: Settings, *args: str) -> ToolCommand:
-    """TuneDeck's helper script (app/export/scripts/lf_helper.py) run by LLaMA-Factory's own Python."""
-    return ToolCommand(settings.llamafactory_service, (settings.python, "-c", _HELPER.read_text(), *args),
+def helper_command(settings: Settings, command: str, *args: str) -> ToolCommand:
+    """One of TuneDeck's helpers (app/export/scripts/) run by LLaMA-Factory's own Python in its container."""
+    source = (_SCRIPTS / "common.py").read_text() + "\n\n" + (_SCRIPTS / HELPERS[command]).read_text()
+    return ToolCommand(settings.llamafactory_service, (settings.python, "-c", source, command, *args),
                        env=HELPER_ENV)

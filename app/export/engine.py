@@ -152,7 +152,9 @@ class ExportManager:
         job.enter_stage(stage, progress)
         start = time.time()
         job.emit(f"— {stage} —", stage)
-        fn(ctx)
-        job.finish_stage(stage, time.time() - start)
+        try:
+            fn(ctx)
+        finally:  # a failed or cancelled stage still says how long it ran
+            job.finish_stage(stage, time.time() - start)
         self.history.update(job.id, stages=job.stage_seconds(), log=job.log_text())
         job.check_cancel()

@@ -137,3 +137,33 @@ def tiny_run(data_dir: Path, session_dir: Path, run: str = "run1") -> str:
     for path in run_dir.parent.glob("*/training_args.yaml"):
         path.write_text(path.read_text().replace(str(src), str(data_dir)))
     return f"tiny-llama/lora/{run}"
+
+
+@dataclass
+class ToolApp:
+    """The app with the real tool containers and the Ollama stand-in of one compose project."""
+
+    app: object
+    ollama: OllamaStandin
+    llamafactory: object
+    llamacpp: object
+    settings: object
+
+
+def tool_app(stack, data_dir: Path):
+    """Context manager: LLaMA-Factory and llama.cpp containers, the Ollama stand-in, and the app on them."""
+    from contextlib import contextmanager
+
+    from .appserver import running_app, settings_for
+
+    @contextmanager
+    def run():
+        lf = start_llamafactory(stack, data_dir)
+        cpp = start_llamacpp(stack, data_dir)
+        ollama = start_ollama(stack)
+        settings = settings_for(tunedeck_project=stack.project, tunedeck_data_dir=str(data_dir),
+                                tunedeck_ollama_url=ollama.url)
+        with running_app(settings) as app:
+            yield ToolApp(app, ollama, lf, cpp, settings)
+
+    return run()

@@ -84,8 +84,8 @@ def resolve_template(ctx: StageContext) -> None:
         if req.template_source == "given":
             try:
                 name, _note = infer_template(ctx, quiet=True)
-            except StageFailed:
-                return  # nothing recorded to compare with
+            except (StageFailed, ServiceUnavailable, EngineUnavailable):
+                return  # nothing recorded to compare with (or no LLaMA-Factory to ask: the checks say so)
             if name != req.template and req.template not in ctx.extras.get("template_matches", ()):
                 ctx.extras["template_mismatch"] = (f"the chosen template {req.template} is not the one the run was "
                                                    f"trained with ({name}, recorded in its tokenizer)")

@@ -1,24 +1,16 @@
-"""TuneDeck's helper run inside the LLaMA-Factory container (`python3 -c <this file> COMMAND ...`).
-
-It asks LLaMA-Factory and transformers themselves, so the answers are what training used:
-  infer-template RUN BASE          which LLaMA-Factory template the run's saved chat template is
-  chat-format MODEL TEMPLATE ADDS_BOS   the training-time prompt of a fixed conversation, its token
-                                   count, the stop tokens, and an Ollama template that reproduces it
-  hf-logits MODEL REF OUT ADDS_BOS BOS TEXT   teacher-forced logits of the merged model on the tokens of
-                                   llama-perplexity's reference file REF: agreement with it, and the
-                                   same logits written to OUT in that file's format; and whether the
-                                   model's tokenizer splits TEXT as llama.cpp did
-Progress goes to stderr; the answer is one stdout line: `@@tunedeck-result <json>`.
-"""
-
+# Templates, asked of LLaMA-Factory itself:
+#   infer-template RUN BASE               which template the run's saved chat template is
+#   chat-format MODEL TEMPLATE ADDS_BOS   training-time prompts of two conversations, stop tokens, and an
+#                                         Ollama template that reproduces them
 import copy
 import difflib
 import json
 import os
-import struct
 import sys
 
-RESULT = "@@tunedeck-result "
+if "answer" not in globals():  # run as common.py + this file; the import is for reading it alone
+    from common import answer, say, tokenizer_of  # noqa: F401
+
 CONVERSATIONS = {
     "with_system": [{"role": "system", "content": "You are a terse assistant."},
                     {"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Blue."},
@@ -26,24 +18,6 @@ CONVERSATIONS = {
     "without_system": [{"role": "user", "content": "Hello there."}, {"role": "assistant", "content": "Hi."},
                        {"role": "user", "content": "How are you?"}],
 }
-
-
-def say(*args):
-    print(*args, file=sys.stderr, flush=True)
-
-
-def answer(obj):
-    print(RESULT + json.dumps(obj), flush=True)
-
-
-def tokenizer_of(*folders):
-    from transformers import AutoTokenizer
-
-    for folder in folders:
-        if folder and any(os.path.isfile(os.path.join(folder, f)) for f in ("tokenizer.json", "tokenizer.model",
-                                                                             "tokenizer_config.json")):
-            return AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
-    raise SystemExit(f"no tokenizer in {folders}")
 
 
 def lf_prompt_ids(template, tokenizer, messages):
@@ -212,110 +186,11 @@ def chat_format(model, name, adds_bos):
             "conversations": conversations})
 
 
-# -- logits in llama-perplexity's --kl-divergence-base format (tools/perplexity/perplexity.cpp) ---------
-def read_reference(path):
-    with open(path, "rb") as f:
-        if f.read(8) != b"_logits_":
-            raise SystemExit(f"{path} is not a llama-perplexity logits file")
-        n_ctx, n_vocab, n_chunk = struct.unpack("<Iii", f.read(12))
-        import numpy as np
-
-        tokens = np.frombuffer(f.read(4 * n_ctx * n_chunk), dtype=np.int32).reshape(n_chunk, n_ctx)
-        nv = 2 * ((n_vocab + 1) // 2) + 4
-        scored = n_ctx - 1 - n_ctx // 2
-        logp = np.frombuffer(f.read(2 * nv * scored * n_chunk), dtype=np.uint16).reshape(n_chunk, scored, nv)
-    return n_ctx, n_vocab, tokens, logp
-
-
-def dequantize(row, n_vocab):
-    import numpy as np
-
-    scale, min_log_prob = np.frombuffer(row[:4].tobytes(), dtype=np.float32)
-    return min_log_prob + scale * row[4:4 + n_vocab].astype(np.float32)
-
-
-def quantize(logits, n_vocab):
-    """perplexity.cpp's log_softmax(): 16 nats below the top kept, 65535 steps, two floats in front."""
-    import numpy as np
-
-    logits = logits.astype(np.float64)
-    max_logit = logits.max()
-    min_logit = max(logits.min(), max_logit - 16)
-    log_sum_exp = np.log(np.exp(logits - max_logit).sum())
-    min_log_prob = np.float32(min_logit - max_logit - log_sum_exp)
-    scale = np.float32((max_logit - min_logit) / 65535.0)
-    values = np.clip(np.rint((logits - min_logit) / scale), 0, 65535).astype(np.uint16)
-    nv = 2 * ((n_vocab + 1) // 2) + 4
-    row = np.zeros(nv, dtype=np.uint16)
-    row[:4] = np.frombuffer(np.array([scale, min_log_prob], dtype=np.float32).tobytes(), dtype=np.uint16)
-    row[4:4 + n_vocab] = values
-    return row
-
-
-def tokenizer_check(model_dir, text_path, tokens):
-    """How many of llama.cpp's tokens of the evaluation text the model's own tokenizer reproduces."""
-    tok = tokenizer_of(model_dir)
-    text = open(text_path, encoding="utf-8").read()
-    if text.endswith("\n"):
-        text = text[:-1]  # llama.cpp's -f drops one trailing newline
-    ours = tok(text, add_special_tokens=True)["input_ids"]
-    theirs = [int(t) for t in tokens.reshape(-1)]
-    n = min(len(ours), len(theirs))
-    first = next((i for i in range(n) if ours[i] != theirs[i]), None)
-    return {"compared": n, "first_mismatch": first,
-            "same": sum(1 for i in range(n) if ours[i] == theirs[i]) if first is not None else n}
-
-
-def hf_logits(model_dir, ref, out, adds_bos, bos_id, text_path):
-    import numpy as np
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    n_ctx, n_vocab, tokens, ref_logp = read_reference(ref)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = "auto" if device == "cuda" else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, trust_remote_code=True).to(device).eval()
-    first = n_ctx // 2
-    agree = total = 0
-    max_diff, kl_sum = 0.0, 0.0
-    tmp = out + ".partial"
-    with open(tmp, "wb") as f:
-        f.write(b"_logits_" + struct.pack("<Iii", n_ctx, n_vocab, tokens.shape[0]))
-        f.write(tokens.astype(np.int32).tobytes())
-        for c, chunk in enumerate(tokens):
-            ids = chunk.copy()
-            if adds_bos:
-                ids[0] = bos_id
-            with torch.no_grad():
-                logits = model(torch.tensor([ids], device=device)).logits[0].float().cpu().numpy()
-            for j, pos in enumerate(range(first, n_ctx - 1)):
-                row = logits[pos][:n_vocab]
-                f.write(quantize(row, n_vocab).tobytes())
-                hf = row - row.max() - np.log(np.exp(row - row.max()).sum())
-                gg = dequantize(ref_logp[c, j], n_vocab)
-                agree += int(hf.argmax() == gg.argmax())
-                top = np.argsort(hf)[-32:]
-                max_diff = max(max_diff, float(np.abs(hf[top] - gg[top]).max()))
-                kl_sum += float((np.exp(hf) * (hf - gg)).sum())
-                total += 1
-            say(f"chunk {c + 1}/{tokens.shape[0]}: top-1 agreement so far {agree}/{total}")
-    os.replace(tmp, out)
-    answer({"tokens": total, "agree": agree, "agreement": agree / max(total, 1), "max_logprob_diff": max_diff,
-            "mean_kl": kl_sum / max(total, 1), "n_ctx": n_ctx, "chunks": int(tokens.shape[0]),
-            "tokenizer": tokenizer_check(model_dir, text_path, tokens)})
-
-
-def main():
+if __name__ == "__main__":
     command, args = sys.argv[1], sys.argv[2:]
     if command == "infer-template":
         infer_template(*args)
     elif command == "chat-format":
         chat_format(args[0], args[1], args[2] == "1")
-    elif command == "hf-logits":
-        hf_logits(args[0], args[1], args[2], args[3] == "1", int(args[4]), args[5])
     else:
         raise SystemExit(f"unknown command {command}")
-
-
-if __name__ == "__main__":
-    main()
