@@ -15,15 +15,9 @@ import httpx
 import pytest
 from gradio_client import Client
 
-from tests.harness.appserver import running_app, settings_for
+from tests.harness.appserver import app_process, run_readme_example, running_app, settings_for, wait_job_finished
 from tests.harness.stack import Stack, new_project_name
-from tests.harness.toolbox import (
-    run_tools_script,
-    start_llamacpp,
-    start_llamafactory,
-    start_ollama,
-    tiny_run,
-)
+from tests.harness.toolbox import run_tools_script, tiny_run, tool_app
 
 sys.path.insert(0, str(Path(__file__).parent / "standins"))
 from ollama_server import FILE_TYPES, read_gguf_header  # noqa: E402
@@ -38,15 +32,9 @@ def env(docker_client, hosttools_image, tmp_path_factory):
     stack = Stack(docker_client, new_project_name(), hosttools_image)
     try:
         run = tiny_run(data, tmp_path_factory.getbasetemp())
-        lf = start_llamafactory(stack, data)
-        cpp = start_llamacpp(stack, data)
-        ollama = start_ollama(stack)
-        settings = settings_for(tunedeck_project=stack.project, tunedeck_data_dir=str(data),
-                                tunedeck_ollama_url=ollama.url, tunedeck_convert_script="/app/convert_hf_to_gguf.py",
-                                tunedeck_quantize_bin="/app/llama-quantize")
-        with running_app(settings) as app:
-            yield {"data": data, "run": run, "stack": stack, "ollama": ollama, "app": app, "settings": settings,
-                   "llamafactory": lf, "llamacpp": cpp}
+        with tool_app(stack, data) as t:
+            yield {"data": data, "run": run, "stack": stack, "ollama": t.ollama, "app": t.app, "settings": t.settings,
+                   "llamafactory": t.llamafactory, "llamacpp": t.llamacpp}
     finally:
         stack.cleanup()
 
@@ -198,10 +186,7 @@ def test_cancel_mid_merge_leaves_no_partial_folder(env):
     job.cancel()
     client.close()
     manager = env["app"].runtime.exports
-    deadline = time.monotonic() + 15
-    while not manager.current.finished and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert manager.current.finished and manager.current.status == "cancelled"
+    assert wait_job_finished(manager, 15).status == "cancelled"
     assert not any(p.exists() for p in partials), "the partial folder was left behind"
     assert not list(env["data"].rglob("*.partial"))
     # the tool process inside the container is gone
@@ -292,15 +277,7 @@ def test_preflight_refusals_change_nothing(env, case):
 
 # -- the README's API script, against the running app -------------------------------------------
 def test_readme_api_script_runs(env, tmp_path):
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    script = readme.split("<!-- api-example -->", 1)[1].split("```python", 1)[1].split("```", 1)[0]
-    path = tmp_path / "export_client.py"
-    path.write_text(script)
-    import os
-    import subprocess
-
-    out = subprocess.run([sys.executable, str(path)], capture_output=True, text=True, timeout=400,
-                         env={**os.environ, "TUNEDECK_URL": env["app"].url})
+    out = run_readme_example("api-example", tmp_path, TUNEDECK_URL=env["app"].url)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "succeeded ['my-model']" in out.stdout
     assert "   verify 100%" in out.stdout or "verify" in out.stdout
@@ -361,21 +338,11 @@ def test_tool_container_killed_mid_merge(env):
 def test_app_killed_mid_export_then_restarted(env):
     import os
     import signal
-    import subprocess
 
-    from tests.harness.parts import free_port, wait_for_port
 
     s = env["settings"]
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "app"], cwd=Path(__file__).resolve().parents[1], stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, "TUNEDECK_PORT": str(port), "TUNEDECK_PROJECT": s.project,
-             "TUNEDECK_DATA_DIR": str(s.data_dir), "TUNEDECK_OLLAMA_URL": s.ollama_url,
-             "GRADIO_ANALYTICS_ENABLED": "False"})
-    try:
-        assert wait_for_port(port, 60)
-        client = Client(f"http://127.0.0.1:{port}", verbose=False)
+    with app_process(s) as (proc, url):
+        client = Client(url, verbose=False)
         job = client.submit(*export_args(env["run"], template="zephyr", name="tiny-crash"), api_name="/export")
         job_id = None
         for log, status in job:
@@ -385,9 +352,6 @@ def test_app_killed_mid_export_then_restarted(env):
                 os.kill(proc.pid, signal.SIGKILL)
                 break
         proc.wait(10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
     # the app died: the row is still "running", the tool may still run in its container
     with running_app(s) as app:
         row = app.runtime.exports.history.get(job_id)
@@ -403,23 +367,12 @@ def test_app_killed_mid_export_then_restarted(env):
 def test_sigterm_cancels_the_running_export_and_exits_quickly(env):
     """`docker compose stop app` sends SIGTERM: the tool is killed, its partial output removed, the
     history says cancelled, and the app is gone within 5 s."""
-    import os
     import signal
-    import subprocess
 
-    from tests.harness.parts import free_port, wait_for_port
 
     s = env["settings"]
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "app"], cwd=Path(__file__).resolve().parents[1], stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, "TUNEDECK_PORT": str(port), "TUNEDECK_PROJECT": s.project,
-             "TUNEDECK_DATA_DIR": str(s.data_dir), "TUNEDECK_OLLAMA_URL": s.ollama_url,
-             "GRADIO_ANALYTICS_ENABLED": "False"})
-    try:
-        assert wait_for_port(port, 60)
-        client = Client(f"http://127.0.0.1:{port}", verbose=False)
+    with app_process(s) as (proc, url):
+        client = Client(url, verbose=False)
         job = client.submit(*export_args(env["run"], template="chatml", name="tiny-sigterm"), api_name="/export")
         job_id, partials = None, []
         for log, status in job:
@@ -432,9 +385,6 @@ def test_sigterm_cancels_the_running_export_and_exits_quickly(env):
                 break
         proc.wait(10)
         exited_in = time.monotonic() - t0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
     assert exited_in < 5, f"the app took {exited_in:.1f} s to exit"
     assert partials and not any(p.exists() for p in partials)
     ps = env["llamafactory"].exec_run(["ps", "-o", "args"]).output.decode()

@@ -19,22 +19,12 @@ from gradio_client import Client
 from playwright.sync_api import expect
 
 from tests.harness.compose_stack import COMPOSE, ComposeStack, docker_config, new_stack
-from tests.harness.parts import wait_for_port
+from tests.harness.parts import wait_for, wait_for_port
 from tests.harness.toolbox import run_tools_script
 
 pytestmark = [pytest.mark.tools, pytest.mark.browser]
 QA = [(f"What is item {i}?", ["Blue.", "Green.", "Seven."][i % 3]) for i in range(40)]
 LOGIN = re.compile(r"user: (\S+)\s+password: (\S+)")
-
-
-def wait_until(predicate, timeout: float, step: float = 1.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step)
-    raise AssertionError(f"{what} not met within {timeout:.0f} s")
 
 
 def healthy(stack: ComposeStack, services=("app", "caddy")) -> bool:
@@ -46,7 +36,7 @@ def healthy(stack: ComposeStack, services=("app", "caddy")) -> bool:
 def up(stack: ComposeStack) -> float:
     t0 = time.monotonic()
     stack.compose("up", "-d", timeout=900)
-    wait_until(lambda: healthy(stack), 240, what="app and caddy healthy")
+    wait_for(lambda: healthy(stack), 240, 1.0, "app and caddy healthy")
     assert wait_for_port(stack.http_port, 60)
     return time.monotonic() - t0
 
@@ -121,7 +111,7 @@ def test_caddy_healthcheck_stays_healthy_with_basic_auth(docker_client, tmp_path
         healthcheck={"test": test, "interval": 1_000_000_000, "timeout": 3_000_000_000, "retries": 2},
         labels={"tunedeck.test": "healthcheck"})
     try:
-        wait_until(lambda: (container.reload() or container.attrs["State"].get("Health", {}).get("Status"))
+        wait_for(lambda: (container.reload() or container.attrs["State"].get("Health", {}).get("Status"))
                    == "healthy", 30, 0.5, "caddy healthy with basic auth on")
         denied = container.exec_run(["wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8080/"])
         assert denied.exit_code != 0  # everything else still asks for basic auth
@@ -190,7 +180,7 @@ def test_the_whole_journey(journey: ComposeStack, page, screenshots):
     expect(runs).to_contain_text("finished", timeout=30_000)
     # TensorBoard's server rescans every 15 s; then its page (loaded before training) is reloaded, as
     # a user would press its reload button
-    wait_until(lambda: page.request.get(stack.url + "/tensorboard/data/runs").json(), 90, 2,
+    wait_for(lambda: page.request.get(stack.url + "/tensorboard/data/runs").json(), 90, 2,
                "TensorBoard found the run's event files")
     page.get_by_role("tab", name="TensorBoard").click()
     page.locator("#frame-tensorboard iframe").evaluate("frame => { frame.src = frame.src; }")

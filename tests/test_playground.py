@@ -15,6 +15,7 @@ import pytest
 from gradio_client import Client
 from playwright.sync_api import expect
 
+from tests.harness.appserver import run_readme_example
 from tests.harness.stack import Stack, new_project_name
 from tests.harness.toolbox import run_tools_script, tiny_run, tool_app
 
@@ -190,16 +191,6 @@ def test_prompt_from_the_run_and_compare_from_the_history(env, page):
 
 
 def test_readme_chat_example_runs(env, tmp_path):
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    script = readme.split("<!-- chat-example -->", 1)[1].split("```python", 1)[1].split("```", 1)[0]
-    path = tmp_path / "chat_client.py"
-    path.write_text(script)
-    out = subprocess.run([sys.executable, str(path)], capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "TUNEDECK_URL": env["app"].url, "TUNEDECK_MODEL": "pg:q8_0"})
+    out = run_readme_example("chat-example", tmp_path, TUNEDECK_URL=env["app"].url, TUNEDECK_MODEL="pg:q8_0")
     assert out.returncode == 0, out.stderr[-3000:]
     assert "tokens_per_s" in out.stdout and "done_reason" in out.stdout

@@ -4,11 +4,11 @@ tools (llama-perplexity, llama-imatrix, llama-bench) in their container, on the 
 from __future__ import annotations
 
 import shutil
-import time
 
 import pytest
 from gradio_client import Client
 
+from tests.harness.appserver import wait_job_finished
 from tests.harness.stack import Stack, new_project_name
 from tests.harness.toolbox import run_tools_script, tool_app
 from tests.harness.zoo import install
@@ -117,12 +117,8 @@ def test_cancel_mid_report_leaves_no_partial_file(env):
             break
     job.cancel()
     client.close()
-    manager = env["app"].runtime.exports
-    deadline = time.monotonic() + 20
-    while not manager.current.finished and time.monotonic() < deadline:
-        time.sleep(0.1)
     assert partials, "the reference logits were not being written when cancelled"
-    assert manager.current.status == "cancelled"
+    assert wait_job_finished(env["app"].runtime.exports).status == "cancelled"
     assert not list(workdir.rglob("*.partial"))
 
 

@@ -8,17 +8,9 @@ import pytest
 from gradio_client import Client
 from playwright.sync_api import expect
 
+from tests.harness.parts import wait_for
+
 CHATTY = ["sh", "-c", 'i=0; while true; do i=$((i+1)); echo "tick $i \033[32mgreen\033[0m"; sleep 0.2; done']
-
-
-def wait_for(predicate, timeout=5.0, step=0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step)
-    raise AssertionError("condition not met in time")
 
 
 def row(app, service):

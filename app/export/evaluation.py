@@ -63,8 +63,7 @@ def reference(ctx: StageContext) -> tuple[Path, float | None]:
         ctx.extras["reference"] = (ref, stamp.get("ppl"))
         return ctx.extras["reference"]
     text = eval_text(ctx)
-    out = ctx.job.add_partial(partial(ref))
-    out.touch()
+    out = ctx.claim(ref)
     ppl = run_parsed(ctx, commands.reference_logits_command(ctx.settings, plan.gguf, text, out), "reference",
                      perplexity)
     if not out.is_file() or out.stat().st_size == 0:

@@ -41,3 +41,52 @@ def running_app(settings: Settings, *, root_path: str | None = None, auth=None) 
     finally:
         demo.close()
         runtime.close()
+
+
+@contextmanager
+def app_process(settings: Settings) -> Iterator[tuple]:
+    """`python -m app` in its own process on the same project and data dir, as users run it:
+    yields (process, url); killed at the end if still running."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from .parts import wait_for_port
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app"], cwd=Path(__file__).resolve().parents[2], stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "TUNEDECK_PORT": str(port), "TUNEDECK_PROJECT": settings.project,
+             "TUNEDECK_DATA_DIR": str(settings.data_dir), "TUNEDECK_OLLAMA_URL": settings.ollama_url,
+             "GRADIO_ANALYTICS_ENABLED": "False"})
+    try:
+        assert wait_for_port(port, 60), "the app did not start"
+        yield proc, f"http://127.0.0.1:{port}"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def run_readme_example(marker: str, tmp_path, **env: str):
+    """Run the README's Python example that follows `<!-- marker -->`; returns the CompletedProcess."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    script = readme.split(f"<!-- {marker} -->", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    path = tmp_path / f"{marker}.py"
+    path.write_text(script)
+    return subprocess.run([sys.executable, str(path)], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, **env})
+
+
+def wait_job_finished(manager, timeout: float = 20):
+    """The manager's current job once it has finished (cleanup included)."""
+    from .parts import wait_for
+
+    wait_for(lambda: manager.current is not None and manager.current.finished, timeout, 0.1, "the job finished")
+    return manager.current

@@ -38,3 +38,16 @@ def wait_for_port(port: int, timeout: float = 30.0, host: str = "127.0.0.1") -> 
         except OSError:
             time.sleep(0.1)
     return False
+
+
+def wait_for(predicate, timeout: float = 5.0, step: float = 0.05, what: str = "condition"):
+    """Poll `predicate` until it returns something truthy (returned) or `timeout` seconds pass."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(step)
+    raise AssertionError(f"{what} not met within {timeout:.0f} s")

@@ -18,15 +18,18 @@ Run: python easydataset_server.py --port 1717 --root /app   (root holds local-db
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import secrets
 import sqlite3
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import sys
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from httpserve import serve  # noqa: E402
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS Projects (id TEXT PRIMARY KEY, name TEXT NOT NULL, description TEXT NOT NULL DEFAULT '',
@@ -177,16 +180,8 @@ class Handler(BaseHTTPRequestHandler):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--host", default="0.0.0.0")
-    parser.add_argument("--port", type=int, default=1717)
-    parser.add_argument("--root", type=Path, default=Path("/app"))
-    args = parser.parse_args()
-    Handler.store = Store(args.root)
-    server = ThreadingHTTPServer((args.host, args.port), Handler)
-    server.daemon_threads = True
-    print(f"easy-dataset stand-in on {args.host}:{args.port}", flush=True)
-    server.serve_forever()
+    serve(Handler, lambda handler, root: setattr(handler, "store", Store(root)), "easy-dataset stand-in", 1717,
+          "/app")
 
 
 if __name__ == "__main__":

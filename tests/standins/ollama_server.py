@@ -25,7 +25,6 @@ POST /_standin/fail {"token_delay": S} (every generated token takes S seconds mo
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -36,11 +35,12 @@ import threading
 import time
 import urllib.parse
 from datetime import datetime, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gotemplate import TemplateError, parse, render  # noqa: E402
+from httpserve import serve  # noqa: E402
 
 FILE_TYPES = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1", 10: "Q2_K", 11: "Q3_K_S",
               12: "Q3_K_M", 13: "Q3_K_L", 14: "Q4_K_S", 15: "Q4_K_M", 16: "Q5_K_S", 17: "Q5_K_M", 18: "Q6_K",
@@ -505,16 +505,8 @@ def _safe_prefix(text: str, stops: list[str]) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--host", default="0.0.0.0")
-    parser.add_argument("--port", type=int, default=11434)
-    parser.add_argument("--root", type=Path, default=Path("/tmp/ollama-standin"))
-    args = parser.parse_args()
-    Handler.state = State(args.root)
-    server = ThreadingHTTPServer((args.host, args.port), Handler)
-    server.daemon_threads = True
-    print(f"ollama stand-in listening on {args.host}:{args.port}", flush=True)
-    server.serve_forever()
+    serve(Handler, lambda handler, root: setattr(handler, "state", State(root)), "ollama stand-in", 11434,
+          "/tmp/ollama-standin")
 
 
 if __name__ == "__main__":

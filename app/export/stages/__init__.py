@@ -3,6 +3,7 @@ through `ctx.tools` (tool containers) or `ctx.ollama`, and records results on th
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,6 +44,28 @@ class StageContext:
 
     def emit(self, text: str) -> None:
         self.job.emit(text)
+
+    def reused(self, stage: str, what: str) -> bool:
+        """True (and said in the log) when `stage`'s output can be reused."""
+        if stage not in self.skip:
+            return False
+        self.emit(f"reused {what}")
+        self.job.set_stage_status(stage, "reused")
+        return True
+
+    def claim(self, final: Path, folder: bool = False) -> Path:
+        """The `.partial` path a tool writes `final` to, created before the tool starts (so a cancel at
+        any moment has something to clean) and removed if the job does not succeed."""
+        from ..plan import partial
+
+        self.plan.workdir.mkdir(parents=True, exist_ok=True)
+        out = self.job.add_partial(partial(final))
+        if folder:
+            shutil.rmtree(out, ignore_errors=True)
+            out.mkdir()
+        else:
+            out.touch()
+        return out
 
     def artifact(self, path: Path) -> None:
         """List a finished file in the job's result."""

@@ -8,7 +8,6 @@ from pathlib import Path
 
 from .. import commands
 from ..jobs import StageFailed
-from ..plan import partial
 from . import StageContext
 
 
@@ -36,13 +35,8 @@ def run(ctx: StageContext) -> None:
     problem = None if "convert" in ctx.skip else vocabulary_problem(plan.merged_dir)
     if problem:
         raise StageFailed(problem)
-    if "convert" in ctx.skip:
-        ctx.emit(f"reused {plan.gguf.name}")
-        ctx.job.set_stage_status("convert", "reused")
-    else:
-        plan.workdir.mkdir(parents=True, exist_ok=True)
-        out = ctx.job.add_partial(partial(plan.gguf))
-        out.touch()
+    if not ctx.reused("convert", plan.gguf.name):
+        out = ctx.claim(plan.gguf)
         ctx.tools.run(ctx.job, commands.convert_command(ctx.settings, plan.merged_dir, ctx.request.dtype, out),
                       "convert")
         if not out.is_file() or out.stat().st_size == 0:

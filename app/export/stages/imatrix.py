@@ -6,7 +6,6 @@ import os
 
 from .. import commands
 from ..jobs import StageFailed
-from ..plan import partial
 from . import StageContext
 
 
@@ -23,7 +22,7 @@ def run(ctx: StageContext) -> None:
     plan.eval_dir.mkdir(parents=True, exist_ok=True)
     text = plan.eval_dir / f"calibration-{plan.keys['imatrix'][:12]}.txt"
     text.write_text(evals.calibration, encoding="utf-8")
-    out = job.add_partial(partial(plan.imatrix))
+    out = ctx.claim(plan.imatrix)
     ctx.emit(f"calibration text: {len(evals.calibration)} characters of {evals.source}")
     ctx.tools.run(job, commands.imatrix_command(ctx.settings, plan.gguf, text, out), "imatrix")
     if not out.is_file() or out.stat().st_size == 0:

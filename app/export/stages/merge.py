@@ -8,7 +8,6 @@ from pathlib import Path
 
 from .. import commands
 from ..jobs import StageFailed
-from ..plan import partial
 from . import StageContext
 
 # Files llama.cpp's converter reads to build the GGUF vocabulary; LLaMA-Factory's export saves only
@@ -24,14 +23,8 @@ def run(ctx: StageContext) -> None:
         ctx.job.set_stage_status("merge", "skipped")
         ctx.job.set_result("merged_dir", str(plan.merged_dir))
         return
-    if "merge" in ctx.skip:
-        ctx.emit(f"reused {plan.merged_dir}")
-        ctx.job.set_stage_status("merge", "reused")
-    else:
-        plan.workdir.mkdir(parents=True, exist_ok=True)
-        out = ctx.job.add_partial(partial(plan.merged_dir))
-        shutil.rmtree(out, ignore_errors=True)
-        out.mkdir()  # claimed before the tool starts, so a cancel at any moment has something to clean
+    if not ctx.reused("merge", str(plan.merged_dir)):
+        out = ctx.claim(plan.merged_dir, folder=True)
         plan.merge_yaml.write_text(commands.merge_yaml(req.base_model, req.run.path, req.template, str(out)))
         ctx.tools.run(ctx.job, commands.merge_command(ctx.settings, plan.merge_yaml), "merge")
         if not (out / "config.json").is_file():

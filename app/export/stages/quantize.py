@@ -6,7 +6,7 @@ import os
 
 from .. import commands
 from ..jobs import StageFailed
-from ..plan import IMATRIX_SUFFIX, partial
+from ..plan import IMATRIX_SUFFIX
 from . import StageContext
 
 PROGRESS = (0.42, 0.55)
@@ -26,8 +26,7 @@ def run(ctx: StageContext) -> None:
             ctx.emit(f"reused {path.name}")
             reused += 1
         else:
-            out = job.add_partial(partial(path))
-            out.touch()
+            out = ctx.claim(path)
             imatrix = plan.imatrix if q.endswith(IMATRIX_SUFFIX) else None
             ctx.tools.run(job, commands.quantize_command(ctx.settings, plan.gguf, out, plan.qtype(q), imatrix),
                           f"quantize {q}")
