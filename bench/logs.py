@@ -1,11 +1,14 @@
 """bench/logs: log lines per second delivered to a gradio_client follower of /logs, divided by what
 `docker logs -f` delivers from an identical container in the same run; plus first-line latency.
 
-Target: ratio >= 0.8, first-line latency < 0.5 s.   Run: python bench/logs.py [LINES]
+Single runs vary (0.84 to 1.26 on a 2-core machine), so the two sides alternate three times and
+the medians are compared. Target: ratio >= 1.0, first-line latency < 0.5 s.
+Run: python bench/logs.py [LINES]
 """
 
 from __future__ import annotations
 
+import statistics
 import subprocess
 import sys
 import threading
@@ -93,11 +96,17 @@ def main() -> None:
     try:
         with AppProcess(stack.project) as app:
             time.sleep(1)
-            base_rate, _ = docker_logs_rate(stack)
-            rate, _, delivered = gradio_rate(stack, app)
+            bases, rates = [], []
+            for _ in range(3):
+                bases.append(docker_logs_rate(stack)[0])
+                rate, _, delivered = gradio_rate(stack, app)
+                rates.append(rate)
             latency = first_line_latency(stack, app)
+        base_rate, rate = statistics.median(bases), statistics.median(rates)
         report("logs", lines=N, docker_logs_lines_per_s=round(base_rate), tunedeck_lines_per_s=round(rate),
-               delivered=delivered, ratio=round(rate / base_rate, 3), first_line_extra_latency_s=round(latency, 3))
+               delivered=delivered, ratio=round(rate / base_rate, 3),
+               single_ratios="/".join(f"{r / b:.2f}" for r, b in zip(rates, bases)),
+               first_line_extra_latency_s=round(latency, 3))
     finally:
         stack.cleanup()
 

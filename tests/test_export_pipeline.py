@@ -7,7 +7,10 @@ labelled container), the Ollama stand-in parses the GGUF and runs it for the cha
 from __future__ import annotations
 
 import json
+import shutil
+import struct
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -243,8 +246,6 @@ def test_preflight_refusals_change_nothing(env, case):
     if case == "quantized_base":
         qbase = data / "models" / "tiny-llama-4bit"
         if not qbase.exists():
-            import shutil
-
             shutil.copytree(data / "models" / "tiny-llama", qbase)
             cfg = json.loads((qbase / "config.json").read_text())
             cfg["quantization_config"] = {"quant_method": "bitsandbytes", "load_in_4bit": True}
@@ -273,6 +274,62 @@ def test_preflight_refusals_change_nothing(env, case):
     assert status["status"] == "failed" and status["stage"] == "preflight"
     assert expected in status["error"]
     assert files_under(data) == before
+
+
+# -- nothing slow on Gradio's event loop (figures: bench/loop.py) --------------------------------
+BIG = 768 << 20   # hashed by content in 60 MiB shards: seconds of planning
+SHARD = 60 << 20
+
+
+def big_run(data: Path) -> str:
+    """A run on a 768 MiB base (the tiny model's config and tokenizer, unloadable shards)."""
+    base = data / "models" / "big"
+    base.mkdir(parents=True)
+    for f in (data / "models" / "tiny-llama").iterdir():
+        if f.suffix != ".safetensors":
+            shutil.copy(f, base / f.name)
+    block = bytes(range(256)) * 4096
+    for i in range(BIG // SHARD):
+        with open(base / f"shard-{i:05d}.safetensors", "wb") as out:
+            for _ in range(SHARD // len(block)):
+                out.write(block)
+    run = data / "saves" / "big" / "lora" / "run"
+    run.mkdir(parents=True)
+    (run / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(base)}))
+    header = json.dumps({"__metadata__": {}}).encode()
+    (run / "adapter_model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header)
+    (run / "training_args.yaml").write_text(f"model_name_or_path: {base}\ntemplate: default\n")
+    return "big/lora/run"
+
+
+def test_status_answers_while_an_export_plans_a_large_base(env):
+    run = big_run(env["data"])
+    client, status_client = Client(env["app"].url, verbose=False), Client(env["app"].url, verbose=False)
+    done, final = threading.Event(), {}
+
+    def export():
+        for _log, status in client.submit(*export_args(run, quants=(), name="big", overwrite=True),
+                                          api_name="/export"):
+            final.update(status)
+        done.set()
+
+    threading.Thread(target=export, daemon=True).start()
+    latencies = []
+    try:
+        while not done.is_set():
+            t0 = time.monotonic()
+            assert status_client.predict(api_name="/status")["engine_ok"]
+            latencies.append(time.monotonic() - t0)
+    finally:
+        done.wait(120)
+        status_client.close()
+        client.close()
+        for folder in ("models/big", "saves/big"):  # other tests pick the newest run
+            shutil.rmtree(env["data"] / folder)
+    assert final["status"] == "failed" and final["stage"] == "merge", final  # planned, then the shards don't load
+    assert final["stage_seconds"]["preflight"] > 1.0, "planning was too quick to show anything"
+    assert len(latencies) >= 5, latencies  # /status kept answering while the base was hashed
+    assert max(latencies) < final["stage_seconds"]["preflight"], latencies
 
 
 # -- the README's API script, against the running app -------------------------------------------

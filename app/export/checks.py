@@ -8,7 +8,7 @@ import shutil
 import struct
 from pathlib import Path
 
-from .plan import ExportPlan, estimate_bytes, weights_size
+from .plan import ExportPlan, ExportRequest, estimate_bytes, weights_size
 
 _HIDDEN_INPUT_MODULES = ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj")
 
@@ -82,16 +82,16 @@ def disk_problem(data_dir: Path, plan: ExportPlan, skip: set[str]) -> tuple[str 
     return None, need
 
 
-def base_model_problems(plan: ExportPlan, need_merge: bool) -> list[str]:
-    base = plan.request.base_model
-    if not need_merge:
-        return []
+def base_model_problems(request: ExportRequest) -> list[str]:
+    """What makes the base model unusable, checked before anything reads it (a hub id is resolved
+    by LLaMA-Factory in its container)."""
+    base = request.base_model
     if not os.path.isabs(base):
-        return []  # a hub id: resolved by LLaMA-Factory in its container
+        return []
     if not os.path.isdir(base):
         return [f"The base model folder {base} does not exist."]
     config = base_config(base)
     if config is None:
         return [f"The base model folder {base} has no readable config.json."]
-    problems = [p for p in (quantized_base_problem(config), adapter_mismatch(Path(plan.request.run.path), config)) if p]
+    problems = [p for p in (quantized_base_problem(config), adapter_mismatch(Path(request.run.path), config)) if p]
     return problems

@@ -81,7 +81,7 @@ def bench_command(settings: Settings, gguf: Path, tokens: int = 32) -> ToolComma
 
 
 _SCRIPTS = Path(__file__).with_name("scripts")
-HELPERS = {"infer-template": "templates.py", "chat-format": "templates.py", "hf-logits": "logits.py"}
+HELPERS = {"prepare": "templates.py", "hf-logits": "logits.py"}
 HELPER_ENV = (("HF_HUB_OFFLINE", "1"), ("TRANSFORMERS_OFFLINE", "1"), ("DISABLE_VERSION_CHECK", "1"),
               ("TOKENIZERS_PARALLELISM", "false"))
 

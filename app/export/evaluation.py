@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-
 from typing import Callable
 
 from ..docker_gateway import ToolCommand
@@ -18,7 +17,6 @@ from .jobs import StageFailed
 from .llama_output import ToolOutputError, kl_divergence, perplexity
 from .plan import partial
 from .stages import StageContext
-
 
 ATTEMPTS = 3
 

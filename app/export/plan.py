@@ -12,6 +12,7 @@ from ..runs import ADAPTER_WEIGHTS, RunInfo, find_run
 from .validation import (
     IMATRIX_QUANT_TYPES,
     InvalidInput,
+    check_text,
     slug,
     validate_base_model,
     validate_dtype,
@@ -20,7 +21,6 @@ from .validation import (
     validate_system_prompt,
     validate_template,
     validate_threshold,
-    check_text,
 )
 
 DEFAULT_VERIFY_PROMPT = "Reply with one short sentence: what are you?"

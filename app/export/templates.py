@@ -1,5 +1,11 @@
-"""The chat template of a run: named in its arguments, or inferred by LLaMA-Factory itself from the
-chat template the run's tokenizer saved; and the chat format Ollama must reproduce for it."""
+"""The chat template of a run and the chat format Ollama must reproduce for it, asked of LLaMA-Factory
+itself in its container, once per export (and cached by the tokenizer files' content):
+
+- the template named in the run's training_args.yaml, given by hand (then checked against the one
+  the run's tokenizer recorded), or inferred from that recorded chat template;
+- its training-time prompts of two fixed conversations, stop tokens and default system, and Ollama
+  templates that reproduce those prompts (for a runtime that adds BOS itself, and one that does not).
+"""
 
 from __future__ import annotations
 
@@ -14,22 +20,28 @@ TOKENIZER_FILES = ("chat_template.jinja", "tokenizer_config.json", "tokenizer.js
 WHERE_TO_CHOOSE = "choose it in the Export tab's Chat template field (API: the template argument)"
 
 
-def infer_template(ctx: StageContext, quiet: bool = False) -> tuple[str, str]:
-    """(template name, a note for the log); raises StageFailed with one sentence when nothing matches."""
-    run, base = Path(ctx.request.run.path), ctx.request.base_model
-    key = ("infer-template", file_fingerprint(*(run / n for n in TOKENIZER_FILES)),
-           file_fingerprint(*(Path(base) / n for n in TOKENIZER_FILES)))
+def prepare(ctx: StageContext, mode: str) -> dict:
+    """{"inference": …, "chat": …} for the request; `mode` is infer, check or given."""
+    req = ctx.request
+    run = "" if req.base_only else req.run.path
+    key = ("prepare", mode, req.template, file_fingerprint(*(Path(run) / n for n in TOKENIZER_FILES)) if run else "",
+           file_fingerprint(*(Path(req.base_model) / n for n in TOKENIZER_FILES)))
     result, reused = cached(ctx.data_dir / "exports" / ".cache", key,
-                            lambda: run_helper(ctx, "template", "infer-template", str(run), base))
-    if reused and not quiet:
-        ctx.emit("template inference: reused (same tokenizer files as before)")
-    if not result.get("source"):
+                            lambda: run_helper(ctx, "template", "prepare", run, req.base_model, req.template, mode))
+    if reused:
+        ctx.emit("template and chat format: reused (same tokenizer files and template as before)")
+    ctx.extras["prepared"] = result
+    return result
+
+
+def inferred(ctx: StageContext, inference: dict) -> tuple[str, str]:
+    """(template name, a note for the log) from an inference; StageFailed with one sentence if none."""
+    if not inference.get("source"):
         raise StageFailed("The run does not record a chat template (no chat_template.jinja and no chat_template in "
                           f"tokenizer_config.json), so its template cannot be inferred; {WHERE_TO_CHOOSE}.")
-    matches = result.get("matches") or []
-    ctx.extras["template_matches"] = tuple(matches)
+    matches = inference.get("matches") or []
     if not matches:
-        closest = ", ".join(f"{name} ({score:.0%} alike)" for name, score in result.get("closest") or []) or "none"
+        closest = ", ".join(f"{name} ({score:.0%} alike)" for name, score in inference.get("closest") or []) or "none"
         raise StageFailed(f"The run does not record a known LLaMA-Factory template: its saved chat template matches "
                           f"none (closest: {closest}); {WHERE_TO_CHOOSE}.")
     note = f"; equally matching: {', '.join(matches[1:4])}" if len(matches) > 1 else ""
@@ -37,13 +49,9 @@ def infer_template(ctx: StageContext, quiet: bool = False) -> tuple[str, str]:
 
 
 def chat_format(ctx: StageContext, adds_bos: bool) -> dict:
-    """LLaMA-Factory's training-time prompts of two fixed conversations, its stop tokens, and the Ollama
-    template that reproduces them (computed once per merged model, template and BOS behaviour)."""
-    plan = ctx.plan
-    key = ("chat-format", plan.keys["chat"], adds_bos)
-    result, reused = cached(plan.workdir / ".cache", key,
-                            lambda: run_helper(ctx, "chat format", "chat-format", str(plan.merged_dir),
-                                               ctx.request.template, "1" if adds_bos else "0"))
-    if reused:
-        ctx.emit("chat format: reused")
-    return result
+    """The prepared chat format, with the Ollama template for this runtime's BOS behaviour."""
+    chat = (ctx.extras.get("prepared") or {}).get("chat")
+    if not chat or chat.get("error"):
+        raise StageFailed(f"LLaMA-Factory could not give the chat format of template {ctx.request.template}"
+                          + (f" ({chat['error']})" if chat else "") + ".")
+    return {**chat, "ollama_template": chat["ollama_template"]["bos" if adds_bos else "nobos"]}

@@ -69,11 +69,14 @@ def build(runtime: Runtime) -> dict:
 
     def model_names():
         try:
-            names = sorted(m["name"] for m in runtime.ollama.tags())
+            tags = runtime.ollama.tags()
         except OllamaError as exc:
             return gr.update(choices=[]), f"⚠️ {exc} Start the ollama service in the Services tab."
-        note = "" if names else "Ollama holds no model yet: export a run in the Export tab."
-        return gr.update(choices=names), note
+        if not tags:
+            return gr.update(choices=[]), "Ollama holds no model yet: export a run in the Export tab."
+        newest = max(tags, key=lambda m: m.get("modified_at") or "")["name"]
+        return (gr.update(choices=sorted(m["name"] for m in tags)),
+                f"{len(tags)} model{'s' if len(tags) > 1 else ''} in Ollama; newest: `{newest}`")
 
     def layout(models: list[str] | None):
         models = (models or [])[:COLUMNS]

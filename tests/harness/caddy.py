@@ -60,3 +60,5 @@ def running_caddy(upstreams: dict[str, str], extra_env: dict[str, str] | None = 
             proc.wait(5)
         except subprocess.TimeoutExpired:
             proc.kill()
+        log.close()
+        os.unlink(log.name)

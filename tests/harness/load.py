@@ -25,6 +25,10 @@ class LoadResult:
     def p50(self) -> float:
         return statistics.median(self.latencies)
 
+    @property
+    def p99(self) -> float:
+        return statistics.quantiles(self.latencies, n=100)[98] if len(self.latencies) >= 100 else max(self.latencies)
+
 
 def run_load(url: str, clients: int, seconds: float, service: str, poll_s: float = 0.5,
              on_tick=None) -> LoadResult:

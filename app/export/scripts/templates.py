@@ -1,7 +1,9 @@
-# Templates, asked of LLaMA-Factory itself:
-#   infer-template RUN BASE               which template the run's saved chat template is
-#   chat-format MODEL TEMPLATE ADDS_BOS   training-time prompts of two conversations, stop tokens, and an
-#                                         Ollama template that reproduces them
+# Templates, asked of LLaMA-Factory itself, in one process (importing it takes seconds):
+#   prepare RUN BASE TEMPLATE MODE   MODE infer: which template the run's saved chat template is, then its
+#                                    chat format; check: the same for a TEMPLATE chosen by hand; given: the
+#                                    chat format of TEMPLATE. The chat format: training-time prompts of two
+#                                    conversations, the stop tokens, and Ollama templates reproducing them
+#                                    (for a runtime that adds BOS itself, and for one that does not).
 import copy
 import difflib
 import json
@@ -58,7 +60,7 @@ def render(tokenizer, jinja, messages):
     return tokenizer.apply_chat_template(messages, tokenize=False, chat_template=jinja, add_generation_prompt=True)
 
 
-def infer_template(run, base):
+def infer(run, base):
     """Which LLaMA-Factory template wrote (or would render like) the chat template the run saved.
 
     LLaMA-Factory saves its own Jinja for a template when the base model has none, so an exact match
@@ -66,9 +68,9 @@ def infer_template(run, base):
     from llamafactory.data import TEMPLATES, get_template_and_fix_tokenizer
     from llamafactory.hparams import DataArguments
 
-    saved, source = saved_chat_template(run)
+    saved, source = saved_chat_template(run) if run else (None, None)
     if not saved:
-        return answer({"matches": [], "closest": [], "source": None})
+        return {"matches": [], "closest": [], "source": None}
     base_tok = tokenizer_of(run, base)
     renders = {key: render(base_tok, saved, messages) for key, messages in CONVERSATIONS.items()}
     everything = " ".join(renders.values())
@@ -90,7 +92,7 @@ def infer_template(run, base):
     matches = [s for s in scores if s[1] or s[2] == len(CONVERSATIONS)]
     matches.sort(key=lambda s: (not s[1], len(s[0]), s[0]))
     closest = sorted(scores, key=lambda s: (-s[2], -s[3], len(s[0])))[:3]
-    answer({"matches": [s[0] for s in matches], "closest": [[s[0], s[3]] for s in closest], "source": source})
+    return {"matches": [s[0] for s in matches], "closest": [[s[0], s[3]] for s in closest], "source": source}
 
 
 def elements(formatter, tok, placeholder):
@@ -168,11 +170,11 @@ def ollama_template(template, tok, adds_bos):
     return join(prefix, False, spm) + body + "{{ range $i, $m := .Messages }}" + turn + "{{ end }}"
 
 
-def chat_format(model, name, adds_bos):
+def chat_format(folders, name):
     from llamafactory.data import get_template_and_fix_tokenizer
     from llamafactory.hparams import DataArguments
 
-    tok = tokenizer_of(model)
+    tok = tokenizer_of(*folders)
     template = get_template_and_fix_tokenizer(tok, DataArguments(template=name))
     conversations = {}
     for key, messages in CONVERSATIONS.items():
@@ -180,17 +182,27 @@ def chat_format(model, name, adds_bos):
         conversations[key] = {"messages": messages, "train_ids": ids, "train_tokens": len(ids),
                               "train_prompt": tok.decode(ids, skip_special_tokens=False)}
     stops = [tok.convert_ids_to_tokens(i) for i in template.get_stop_token_ids(tok)]
-    answer({"template": name, "ollama_template": ollama_template(template, tok, adds_bos),
+    return {"template": name, "ollama_template": {"bos": ollama_template(template, tok, True),
+                                                  "nobos": ollama_template(template, tok, False)},
             "lf_ollama_template": template._get_ollama_template(tok), "stops": sorted(set(stops)),
             "system": template.default_system or "", "bos_token": tok.bos_token or "",
-            "conversations": conversations})
+            "conversations": conversations}
+
+
+def prepare(run, base, template, mode):
+    inference = infer(run, base) if mode in ("infer", "check") else None
+    name = template or ((inference or {}).get("matches") or [None])[0]
+    chat = None
+    if name:
+        try:
+            chat = chat_format((run, base), name)
+        except Exception as exc:  # noqa: BLE001 - said in one line; the export decides what it means
+            chat = {"error": f"{type(exc).__name__}: {exc}"}
+    answer({"inference": inference, "chat": chat})
 
 
 if __name__ == "__main__":
     command, args = sys.argv[1], sys.argv[2:]
-    if command == "infer-template":
-        infer_template(*args)
-    elif command == "chat-format":
-        chat_format(args[0], args[1], args[2] == "1")
-    else:
+    if command != "prepare":
         raise SystemExit(f"unknown command {command}")
+    prepare(*args)

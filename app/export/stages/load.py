@@ -37,7 +37,7 @@ def serving_format(ctx: StageContext) -> dict:
     except StageFailed as exc:
         if lf is None:
             raise
-        ctx.emit(f"chat format from LLaMA-Factory's template unavailable ({exc}); using its Modelfile as is")
+        ctx.emit(f"{exc} Using LLaMA-Factory's Modelfile as it is.")
         return lf
     ctx.extras["chat_format"] = fmt
     ctx.job.set_result("chat_format", {

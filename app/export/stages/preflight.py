@@ -3,24 +3,26 @@ decide what can be reused, and check every part the export needs before any work
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 from dataclasses import replace
 
 from ...docker_gateway import EngineUnavailable, ServiceUnavailable
 from ...ollama import OllamaError
-import hashlib
-
 from ..checks import base_model_problems, disk_problem
 from ..evaltext import eval_set
 from ..jobs import StageFailed
 from ..plan import make_plan
-from ..validation import IMATRIX_QUANT_TYPES
 from ..reuse import Stamps
+from ..validation import IMATRIX_QUANT_TYPES
 from . import StageContext
 
 
 def run(ctx: StageContext) -> None:
-    job, settings = ctx.job, ctx.settings
+    job = ctx.job
+    problems = tool_problems(ctx) + base_model_problems(job.request)  # before anything runs or is written
+    if problems:
+        raise StageFailed(" ".join(problems))
     resolve_template(ctx)
     evals = ctx.extras["eval"] = eval_set(ctx.data_dir, job.request.run.path)
     ctx.emit(f"evaluation text: {len(evals.text)} characters of {evals.source}")
@@ -38,17 +40,6 @@ def run(ctx: StageContext) -> None:
     plan, req, skip = job.plan, job.request, ctx.skip
     job.set_result("workdir", str(plan.workdir))
     problems: list[str] = []
-    for service in (settings.llamafactory_service, settings.llamacpp_service):  # every export evaluates
-        try:
-            ctx.gateway.running_service_container(service)
-            ctx.emit(f"tool container for {service}: running")
-        except (ServiceUnavailable, EngineUnavailable) as exc:
-            problems.append(str(exc))
-    try:
-        ctx.emit(f"Ollama {ctx.ollama.version()} at {ctx.ollama.base_url}")
-    except OllamaError as exc:
-        problems.append(str(exc))
-    problems += base_model_problems(plan, "merge" not in skip)
     disk, need = disk_problem(ctx.data_dir, plan, skip)
     if disk:
         problems.append(disk)
@@ -71,30 +62,46 @@ def run(ctx: StageContext) -> None:
         ctx.emit(f"{stage}: inputs unchanged since a previous export, will be reused")
 
 
+def tool_problems(ctx: StageContext) -> list[str]:
+    """Both tool containers running (every export evaluates) and Ollama answering."""
+    problems: list[str] = []
+    for service in (ctx.settings.llamafactory_service, ctx.settings.llamacpp_service):
+        try:
+            ctx.gateway.running_service_container(service)
+            ctx.emit(f"tool container for {service}: running")
+        except (ServiceUnavailable, EngineUnavailable) as exc:
+            problems.append(str(exc))
+    try:
+        ctx.emit(f"Ollama {ctx.ollama.version()} at {ctx.ollama.base_url}")
+    except OllamaError as exc:
+        problems.append(str(exc))
+    return problems
+
+
 def resolve_template(ctx: StageContext) -> None:
-    """The chat template the run was trained with: given, from training_args.yaml, or inferred.
-    A template given by hand is checked against the one the run's tokenizer recorded."""
-    from ..templates import infer_template
+    """The chat template the run was trained with: from training_args.yaml, given by hand (checked
+    against the one the run's tokenizer recorded), or inferred from it."""
+    from ..templates import inferred, prepare
 
     req = ctx.job.request
-    if req.template:
-        source = "given" if req.template_source == "given" else "from the run's training_args.yaml"
-        ctx.job.set_result("template", {"name": req.template, "source": source})
-        ctx.emit(f"template: {req.template} ({source})")
-        if req.template_source == "given":
-            try:
-                name, _note = infer_template(ctx, quiet=True)
-            except (StageFailed, ServiceUnavailable, EngineUnavailable):
-                return  # nothing recorded to compare with (or no LLaMA-Factory to ask: the checks say so)
-            if name != req.template and req.template not in ctx.extras.get("template_matches", ()):
-                ctx.extras["template_mismatch"] = (f"the chosen template {req.template} is not the one the run was "
-                                                   f"trained with ({name}, recorded in its tokenizer)")
-                ctx.emit(f"warning: {ctx.extras['template_mismatch']}")
+    mode = "infer" if not req.template else "check" if req.template_source == "given" and not req.base_only \
+        else "given"
+    result = prepare(ctx, mode)
+    if mode == "infer":
+        name, note = inferred(ctx, result["inference"] or {})
+        ctx.job.request = req = replace(req, template=name, template_source="inferred")
+        ctx.job.set_result("template", {"name": name, "source": "inferred from the run's tokenizer"})
+        ctx.emit(f"template: {name} (inferred from the run's tokenizer){note}")
         return
-    name, note = infer_template(ctx)
-    ctx.job.request = replace(req, template=name, template_source="inferred")
-    ctx.job.set_result("template", {"name": name, "source": "inferred from the run's tokenizer"})
-    ctx.emit(f"template: {name} (inferred from the run's tokenizer){note}")
+    source = "given" if req.template_source == "given" else "from the run's training_args.yaml"
+    ctx.job.set_result("template", {"name": req.template, "source": source})
+    ctx.emit(f"template: {req.template} ({source})")
+    inference = result.get("inference") or {}
+    matches = inference.get("matches") or []
+    if mode == "check" and matches and req.template not in matches:
+        ctx.extras["template_mismatch"] = (f"the chosen template {req.template} is not the one the run was "
+                                           f"trained with ({matches[0]}, recorded in its tokenizer)")
+        ctx.emit(f"warning: {ctx.extras['template_mismatch']}")
 
 
 def run_for_report(ctx: StageContext) -> None:
