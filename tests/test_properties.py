@@ -4,9 +4,8 @@ yields a command that escapes its argv slot or a path outside the data directory
 from __future__ import annotations
 
 import os
-from pathlib import Path
-
 import subprocess
+from pathlib import Path
 
 import yaml
 from hypothesis import HealthCheck, assume, example, given, settings

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from app.auth import AuthConfigError, make_checker, parse_credentials
-from app.export.plan import build_request, make_plan, partial
 from app.export.checks import adapter_mismatch, quantized_base_problem
-from app.runs import base_model_of, datasets_of, discover_run_dirs, discover_runs, last_loss
+from app.export.plan import build_request, make_plan, partial
 from app.export.validation import InvalidInput
 from app.log_filter import BadFilter, LogLine, make_matcher, parse_stamp, render_line, split_stamp, strip_ansi
+from app.runs import base_model_of, datasets_of, discover_run_dirs, discover_runs, last_loss
 from app.status_monitor import Snapshot, container_info, format_duration, format_ports
 from app.ui.tool_tabs import ToolTab, frame_html, request_origin, resolve_url
 

@@ -19,8 +19,8 @@ from playwright.sync_api import expect
 from tests.harness.appserver import running_app, settings_for
 from tests.harness.caddy import ROOT, running_caddy
 from tests.harness.images import ensure_python_base_image
-from tests.harness.upstreams import caddy_upstreams
 from tests.harness.parts import free_port, require, wait_for_port
+from tests.harness.upstreams import caddy_upstreams
 
 COMPOSE = ROOT / "compose" / "docker-compose.yml"
 MODEL_SERVICES = ("app", "llamafactory", "llamacpp", "tensorboard")

@@ -9,14 +9,13 @@ import threading
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from playwright.sync_api import expect
 
 from app.training.status import derive_status
-from app.training.trainer_log import TrainerLogReader
 from app.training.tracker import RunTracker, decimate
-
-import pandas as pd
+from app.training.trainer_log import TrainerLogReader
 
 
 def record(step: int, total: int, loss: float = None, **extra) -> dict:

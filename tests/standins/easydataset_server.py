@@ -22,9 +22,9 @@ import json
 import re
 import secrets
 import sqlite3
+import sys
 import threading
 import time
-import sys
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
