@@ -18,7 +18,7 @@ import pytest
 from gradio_client import Client
 from playwright.sync_api import expect
 
-from tests.harness.compose_stack import COMPOSE, ComposeStack, docker_config, new_stack
+from tests.harness.compose_stack import COMPOSE, ComposeStack, docker_config, new_stack, remove_images
 from tests.harness.parts import wait_for, wait_for_port
 from tests.harness.toolbox import run_tools_script
 
@@ -53,6 +53,7 @@ def journey(docker_client, tmp_path_factory):
         logs = stack.compose("logs", "--no-color", "--tail", "60", check=False).stdout
         print(logs[-6000:])
         stack.compose("down", "-v", "--remove-orphans", check=False)
+        remove_images(docker_client, stack.images)
 
 
 def login_of(stack: ComposeStack) -> tuple[str, str]:
@@ -117,6 +118,7 @@ def test_caddy_healthcheck_stays_healthy_with_basic_auth(docker_client, tmp_path
         assert denied.exit_code != 0  # everything else still asks for basic auth
     finally:
         container.remove(force=True)
+        remove_images(docker_client, images)
 
 
 def test_the_whole_journey(journey: ComposeStack, page, screenshots):

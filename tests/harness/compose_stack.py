@@ -16,6 +16,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import docker
 import yaml
 
 from .images import ensure_python_base_image, import_image
@@ -86,6 +87,15 @@ def build_images(client, tag: str) -> dict[str, str]:
     return images
 
 
+def remove_images(client, images: dict[str, str]) -> None:
+    """Test images are per-session tags: remove them so warm runs do not pile them up."""
+    for image in images.values():
+        try:
+            client.images.remove(image, force=True)
+        except docker.errors.ImageNotFound:
+            pass
+
+
 def override(images: dict[str, str]) -> dict:
     """Images swapped, GPU reservations dropped, host tools mounted read-only: nothing else."""
     host = ["/usr:/usr:ro", f"{sys.base_prefix}:{sys.base_prefix}:ro",
@@ -117,6 +127,7 @@ class ComposeStack:
     dataset_port: int
     config_dir: Path
     override_file: Path
+    images: dict[str, str]
 
     @property
     def url(self) -> str:
@@ -153,4 +164,4 @@ def new_stack(client, tmp: Path, tag: str) -> ComposeStack:
     data = tmp / "data"
     data.mkdir(parents=True, exist_ok=True)
     return ComposeStack(f"tdj{tag}", data, free_port(), free_port(), docker_config(tmp / "docker-config"),
-                        override_file)
+                        override_file, images)
