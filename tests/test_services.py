@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import httpx
 import pytest
 from gradio_client import Client
 from playwright.sync_api import expect
@@ -34,6 +35,19 @@ def test_status_changes_show_within_two_seconds(app_server, stack):
     assert "1 unhealthy" in app_server.runtime.monitor.snapshot().summary()
     sick.remove(force=True)
     wait_for(lambda: "tensorboard" in app_server.runtime.monitor.snapshot().missing(), 10)
+
+
+def test_plain_json_status_matches_the_api(app_server, stack):
+    stack.run("ollama")
+    wait_for(lambda: (r := row(app_server, "ollama")) and r.state == "running", 10)
+    plain = httpx.get(app_server.url + "/_tunedeck/status", timeout=10)
+    api = Client(app_server.url, verbose=False).predict(api_name="/status")
+    assert plain.status_code == 200 and plain.headers["cache-control"] == "no-store"
+    body = plain.json()
+    assert body["engine_ok"] and body["missing"] == api["missing"] and "ollama" not in body["missing"]
+    ours = [{k: v for k, v in c.items() if k != "uptime"} for c in body["containers"]]
+    assert [(c["service"], c["state"]) for c in ours if c["state"] != "missing"] == [("ollama", "running")]
+    assert ours == [{k: v for k, v in c.items() if k != "uptime"} for c in api["containers"]]
 
 
 def test_restart_count_and_uptime(app_server, stack):
@@ -167,6 +181,7 @@ def test_control_refuses_containers_outside_the_project(app_server, stack, docke
     with pytest.raises(Exception, match="Refused"):
         client.predict(outsider.id, "stop", True, api_name="/control")
     assert outsider.name not in str(client.predict(api_name="/status"))
+    assert outsider.name not in httpx.get(app_server.url + "/_tunedeck/status", timeout=10).text
     with pytest.raises(Exception, match="Confirm to stop"):
         client.predict(outsider.name, "stop", False, api_name="/control")
     with pytest.raises(Exception, match="Unknown action"):

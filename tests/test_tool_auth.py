@@ -83,6 +83,7 @@ def test_without_a_valid_session_every_tool_route_is_refused(guarded):
                 resp = c.get(url, headers=headers)
                 want = ds_login if url.startswith(caddy.dataset_url) else main_login
                 assert refused(resp, headers is HTML, want), (label, resp.status_code, resp.text[:200])
+        assert c.get(guarded["app"].url + "/_tunedeck/status").status_code == 401  # the plain JSON status too
     # a forged token in the real cookie name
     with httpx.Client(timeout=30) as c:
         login(c, caddy.url)
@@ -102,6 +103,7 @@ def test_a_session_opens_every_tool_and_expires(guarded):
             if "websocket" in label or "SSE" in label:
                 continue  # not a real websocket/SSE client; refusals above cover these routes
             assert c.get(url, headers=headers).status_code == 200, label
+        assert c.get(caddy.url + "/_tunedeck/status").json()["engine_ok"]
         scalars = c.get(caddy.url + "/tensorboard/data/plugin/scalars/scalars",
                         params={"run": ".", "tag": "train/loss"}).json()
         assert scalars and scalars[0][1] == 1 and abs(scalars[0][2] - 3.0) < 1e-6

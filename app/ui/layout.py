@@ -7,12 +7,15 @@ import time
 
 import gradio as gr
 from fastapi.routing import APIRoute
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
 
 from ..runtime import Runtime
 from ..sessions import AUTH_PATH
 from . import datasets_tab, export_tab, playground_tab, runs_tab, services_tab
 from .tool_tabs import TB_HINT, ToolTab, build_tool_tab, frame_html, has_event_files, request_origin, resolve_url
 
+STATUS_PATH = "/_tunedeck/status"
 UPTIME_REFRESH_S = 10  # re-render an unchanged table now and then so uptimes move
 
 CSS = """
@@ -34,8 +37,17 @@ def tool_tabs(runtime: Runtime) -> list[ToolTab]:
 
 
 def server_routes(runtime: Runtime) -> list[APIRoute]:
-    """Plain HTTP routes beside Gradio's (not in its API): the session check Caddy asks."""
-    return [APIRoute(AUTH_PATH, runtime.sessions.endpoint, methods=["GET", "HEAD"], include_in_schema=False)]
+    """Plain HTTP routes beside Gradio's (not in its API): the session check Caddy asks, and the
+    status as plain JSON for monitors and scripts (no Gradio session or queue per call)."""
+
+    async def status(request: Request) -> Response:
+        if not runtime.sessions.user_of(request):
+            return JSONResponse({"detail": "Not authenticated"}, status_code=401)
+        return JSONResponse(services_tab.status_payload(runtime.monitor.snapshot()),
+                            headers={"Cache-Control": "no-store"})
+
+    return [APIRoute(AUTH_PATH, runtime.sessions.endpoint, methods=["GET", "HEAD"], include_in_schema=False),
+            APIRoute(STATUS_PATH, status, methods=["GET"], include_in_schema=False)]
 
 
 def launch(demo: gr.Blocks, runtime: Runtime, **options) -> None:

@@ -44,6 +44,12 @@ def status_frame(snapshot: Snapshot) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
+def status_payload(snapshot: Snapshot) -> dict:
+    """The stack's containers and the engine state, as the API and `/_tunedeck/status` return them."""
+    return {"engine_ok": snapshot.engine_ok, "summary": snapshot.summary(), "missing": snapshot.missing(),
+            "containers": status_frame(snapshot).to_dict(orient="records")}
+
+
 def log_targets(snapshot: Snapshot, choice: str) -> list[tuple[str, str]]:
     """(container id, service) pairs to follow for a dropdown choice; refuses unknown names."""
     if not snapshot.engine_ok:
@@ -188,10 +194,7 @@ def build(runtime: Runtime) -> dict:
 
     def status_api() -> dict:
         """The stack's containers and the engine state (public API: /status)."""
-        snap = runtime.monitor.snapshot()
-        frame = status_frame(snap)
-        return {"engine_ok": snap.engine_ok, "summary": snap.summary(), "missing": snap.missing(),
-                "containers": frame.to_dict(orient="records")}
+        return status_payload(runtime.monitor.snapshot())
 
     def stop_follow(request: gr.Request):
         session = request.session_hash if request else "api"
