@@ -8,9 +8,10 @@ sentence (`ChatError`), so one broken column never breaks the others.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import AsyncIterator
 
 import httpx
@@ -149,6 +150,52 @@ class ChatClient:
     async def close(self) -> None:
         for client in self._clients.values():
             await client.aclose()
+
+
+async def coalesce(answers: AsyncIterator[Answer], interval_s: float) -> AsyncIterator[Answer]:
+    """The answer's newest state at most once per `interval_s` (the first piece at once).
+
+    A model slower than one token per interval still streams token by token; a faster one sends
+    the tokens of each interval together, so the client is not flooded with one update per token
+    (each costs Gradio and the client about a millisecond). Closing this generator cancels the
+    request."""
+    latest: list[Answer] = []
+    ready = asyncio.Event()
+    finished = False
+
+    async def pump() -> None:
+        nonlocal finished
+        try:
+            async for answer in answers:
+                latest[:] = [replace(answer)]  # a snapshot: the stream keeps growing the same object
+                ready.set()
+        finally:
+            finished = True
+            ready.set()
+
+    task = asyncio.create_task(pump())
+    last = 0.0
+    try:
+        while True:
+            await ready.wait()
+            wait = last + interval_s - time.monotonic()
+            if wait > 0 and not finished:
+                await asyncio.sleep(wait)
+            ready.clear()
+            if latest:
+                answer = latest.pop()
+                last = time.monotonic()
+                yield answer
+                if answer.done or answer.error:
+                    break
+            elif finished:
+                break
+        await task  # the stream's own exception, if it had one
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 def figures(final: dict) -> dict:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import struct
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from app.auth import AuthConfigError, make_checker, parse_credentials
+from app.chat import Answer, coalesce
 from app.export.checks import adapter_mismatch, quantized_base_problem
 from app.export.plan import build_request, make_plan, partial
 from app.export.validation import InvalidInput
@@ -202,3 +204,44 @@ def test_log_downloads_share_one_bounded_folder(tmp_path):
     assert all(p.parent == tmp_path for p in paths)
     kept = sorted(tmp_path.iterdir())
     assert len(kept) == 5 and paths[-1] in kept and paths[-1].read_text() == "log 11\n"
+
+
+# -- chat streaming: tokens grouped only when they come faster than the interval ------------------
+async def _answers(pieces: int, gap_s: float, closed: list):
+    answer = Answer("m")
+    try:
+        for i in range(pieces):
+            await asyncio.sleep(gap_s)
+            answer.text += f"t{i} "
+            answer.done = i == pieces - 1
+            yield answer
+    finally:
+        closed.append(True)
+
+
+def _collect(pieces: int, gap_s: float, interval_s: float, take: int | None = None):
+    async def run():
+        closed, seen = [], []
+        stream = coalesce(_answers(pieces, gap_s, closed), interval_s)
+        async for answer in stream:
+            seen.append(answer)
+            if take and len(seen) == take:
+                break
+        await stream.aclose()
+        await asyncio.sleep(0.05)
+        return seen, closed
+    return asyncio.run(run())
+
+
+def test_coalesce_groups_fast_tokens_and_keeps_the_whole_answer():
+    seen, _ = _collect(200, 0.0005, 0.025)
+    assert seen[-1].done and seen[-1].text == "".join(f"t{i} " for i in range(200))
+    assert len(seen) < 60, len(seen)  # ~0.1 s+ of tokens in 25 ms groups, not 200 updates
+    assert seen[0].text == "t0 " and all(a.text.startswith(b.text) for a, b in zip(seen[1:], seen))  # snapshots
+
+
+def test_coalesce_passes_slow_tokens_one_by_one_and_closing_cancels_the_source():
+    seen, _ = _collect(6, 0.04, 0.01)
+    assert [a.text.count("t") for a in seen] == [1, 2, 3, 4, 5, 6]
+    seen, closed = _collect(1000, 0.01, 0.01, take=2)
+    assert len(seen) == 2 and closed == [True]  # the request to Ollama would be closed too

@@ -12,7 +12,7 @@ from typing import AsyncIterator
 
 import gradio as gr
 
-from ..chat import Answer, ChatClient, validate_messages, validate_models, validate_options
+from ..chat import Answer, ChatClient, coalesce, validate_messages, validate_models, validate_options
 from ..export.evaltext import eval_set
 from ..export.validation import InvalidInput
 from ..ollama import OllamaError
@@ -32,6 +32,7 @@ def conversation(history: list[dict], system: str, message: str) -> list[dict]:
 
 
 UI_INTERVAL_S = 0.05  # the page gets at most 20 updates a second; tokens in between arrive together
+API_INTERVAL_S = 0.025  # /chat: token by token up to 40 tokens/s, then the tokens of each 25 ms together
 
 
 async def fan_out(client: ChatClient, models: list[str], convs: list[list[dict]], options: dict,
@@ -117,7 +118,7 @@ def build(runtime: Runtime) -> dict:
         except InvalidInput as exc:
             raise gr.Error(str(exc), print_exception=False) from None
         sent = 0
-        async for answer in client.stream(model, msgs, opts):
+        async for answer in coalesce(client.stream(model, msgs, opts), API_INTERVAL_S):
             if answer.error:
                 raise gr.Error(answer.error, print_exception=False)
             delta, sent = answer.text[sent:], len(answer.text)

@@ -94,13 +94,14 @@ class OllamaStandin:
         httpx.post(self.url + "/_standin/fail", json=spec, timeout=10).raise_for_status()
 
 
-def start_ollama(stack, data_dir: Path | None = None) -> OllamaStandin:
+def start_ollama(stack, data_dir: Path | None = None, threads: int = 2) -> OllamaStandin:
+    """The Ollama stand-in; `threads` are llama.cpp's generation threads."""
     port = free_port()
     container = stack.run(
         "ollama",
         ["python", str(TESTS / "standins" / "ollama_server.py"), "--host", "127.0.0.1", "--port", str(port),
          "--root", "/tmp/ollama"],
-        environment=tool_env(), volumes=host_mounts(TESTS), network_mode="host",
+        environment=tool_env({"STANDIN_THREADS": str(threads)}), volumes=host_mounts(TESTS), network_mode="host",
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30

@@ -159,7 +159,8 @@ class State:
             if cached is None or cached.n_ctx() != n_ctx:
                 if cached is not None:
                     cached.close()
-                cached = Llama(model_path=str(self.blob(digest)), n_ctx=n_ctx, verbose=False, seed=0, n_threads=2)
+                cached = Llama(model_path=str(self.blob(digest)), n_ctx=n_ctx, verbose=False, seed=0,
+                               n_threads=int(os.environ.get("STANDIN_THREADS", "2")))
                 self._llms[digest] = cached
             return cached, lock
 
