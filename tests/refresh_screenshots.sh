@@ -5,5 +5,5 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 export TUNEDECK_SCREENSHOTS="$ROOT/tests/screenshots"
 bash "$ROOT/tests/run.sh" -k "test_every_tab_through_caddy or test_tool_tabs_load_through_caddy or \
-test_browser_sees_new_points or test_export_tab_in_the_browser or test_playground_side_by_side" "$@"
+test_browser_sees_new_points or test_export_tab_in_the_browser or test_side_by_side_streams_both_columns" "$@"
 ls -l "$TUNEDECK_SCREENSHOTS"

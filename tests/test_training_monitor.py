@@ -7,6 +7,7 @@ import math
 import os
 import threading
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pandas as pd
@@ -21,7 +22,7 @@ from app.training.trainer_log import TrainerLogReader
 def record(step: int, total: int, loss: float = None, **extra) -> dict:
     r = {"current_steps": step, "total_steps": total, "loss": 3.0 / step if loss is None else loss,
          "lr": 1e-4 * (1 - step / total), "epoch": step / total, "percentage": round(100 * step / total, 2),
-         "elapsed_time": f"0:00:{step:02d}", "remaining_time": f"0:00:{total - step:02d}"}
+         "elapsed_time": str(timedelta(seconds=step)), "remaining_time": str(timedelta(seconds=total - step))}
     r.update(extra)
     return r
 

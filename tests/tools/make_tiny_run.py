@@ -9,6 +9,7 @@ import argparse
 import json
 import random
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import sentencepiece as spm
@@ -69,8 +70,8 @@ def make_run(base: Path, run: Path, template: str, seed: int, steps: int = 10) -
         for i in range(1, steps + 1):
             f.write(json.dumps({"current_steps": i, "total_steps": steps, "loss": round(3.0 - 0.2 * i, 4),
                                 "lr": 1e-4 * (1 - i / steps), "epoch": round(i / steps, 2),
-                                "percentage": round(100 * i / steps, 2), "elapsed_time": f"0:00:{i:02d}",
-                                "remaining_time": f"0:00:{steps - i:02d}"}) + "\n")
+                                "percentage": round(100 * i / steps, 2), "elapsed_time": str(timedelta(seconds=i)),
+                                "remaining_time": str(timedelta(seconds=steps - i))}) + "\n")
     (run / "train_results.json").write_text(json.dumps({"epoch": 1.0, "train_loss": 2.0}))
     (run / "trainer_state.json").write_text(json.dumps({"global_step": steps, "max_steps": steps}))
     (run / "running_log.txt").write_text(f"finished at {now}\n")
