@@ -277,19 +277,19 @@ def test_preflight_refusals_change_nothing(env, case):
 
 
 # -- nothing slow on Gradio's event loop (figures: bench/loop.py) --------------------------------
-BIG = 768 << 20   # hashed by content in 60 MiB shards: seconds of planning
+BIG = 1 << 30   # hashed by content in 60 MiB shards: planning takes a while
 SHARD = 60 << 20
 
 
 def big_run(data: Path) -> str:
-    """A run on a 768 MiB base (the tiny model's config and tokenizer, unloadable shards)."""
+    """A run on a 1 GiB base (the tiny model's config and tokenizer, unloadable shards)."""
     base = data / "models" / "big"
     base.mkdir(parents=True)
     for f in (data / "models" / "tiny-llama").iterdir():
         if f.suffix != ".safetensors":
             shutil.copy(f, base / f.name)
     block = bytes(range(256)) * 4096
-    for i in range(BIG // SHARD):
+    for i in range(-(-BIG // SHARD)):
         with open(base / f"shard-{i:05d}.safetensors", "wb") as out:
             for _ in range(SHARD // len(block)):
                 out.write(block)
@@ -327,7 +327,8 @@ def test_status_answers_while_an_export_plans_a_large_base(env):
         for folder in ("models/big", "saves/big"):  # other tests pick the newest run
             shutil.rmtree(env["data"] / folder)
     assert final["status"] == "failed" and final["stage"] == "merge", final  # planned, then the shards don't load
-    assert final["stage_seconds"]["preflight"] > 1.0, "planning was too quick to show anything"
+    planning = final["stage_seconds"]["preflight"]
+    assert planning > 0.3, f"planning took {planning:.2f} s: too quick to tell a blocked loop from a free one"
     assert len(latencies) >= 5, latencies  # /status kept answering while the base was hashed
     assert max(latencies) < final["stage_seconds"]["preflight"], latencies
 

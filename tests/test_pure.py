@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import struct
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -230,7 +231,8 @@ def _collect(pieces: int, gap_s: float, interval_s: float, take: int | None = No
         await stream.aclose()
         await asyncio.sleep(0.05)
         return seen, closed
-    return asyncio.run(run())
+    with ThreadPoolExecutor(1) as pool:  # a loop of its own: browser tests leave one running in this thread
+        return pool.submit(asyncio.run, run()).result(30)
 
 
 def test_coalesce_groups_fast_tokens_and_keeps_the_whole_answer():

@@ -83,7 +83,7 @@ def test_without_a_valid_session_every_tool_route_is_refused(guarded):
                 resp = c.get(url, headers=headers)
                 want = ds_login if url.startswith(caddy.dataset_url) else main_login
                 assert refused(resp, headers is HTML, want), (label, resp.status_code, resp.text[:200])
-        assert c.get(guarded["app"].url + "/_tunedeck/status").status_code == 401  # the plain JSON status too
+            assert c.get(guarded["app"].url + "/_tunedeck/status").status_code == 401  # the plain JSON status too
     # a forged token in the real cookie name
     with httpx.Client(timeout=30) as c:
         login(c, caddy.url)
