@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import time
 from dataclasses import replace
 
 from ...docker_gateway import EngineUnavailable, ServiceUnavailable
@@ -86,7 +87,10 @@ def resolve_template(ctx: StageContext) -> None:
     req = ctx.job.request
     mode = "infer" if not req.template else "check" if req.template_source == "given" and not req.base_only \
         else "given"
+    started = time.monotonic()
     result = prepare(ctx, mode)
+    # the template and chat-format helper is part of the checks, not of merge/convert/quantize: timed apart
+    ctx.job.update_result("check_seconds", template_helper=round(time.monotonic() - started, 2))
     if mode == "infer":
         name, note = inferred(ctx, result["inference"] or {})
         ctx.job.request = req = replace(req, template=name, template_source="inferred")
