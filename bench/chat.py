@@ -2,13 +2,17 @@
 second from calling the Ollama stand-in's /api/chat directly; and the first token's extra latency.
 
 The stand-in runs the tiny model's real GGUF with llama.cpp, its end-of-sequence token muted so
-every answer runs to the token limit, at about 1,500 tokens/s: far faster than any real model, so
+every answer runs to the token limit, at 1,100 to 2,200 tokens/s: far faster than any real model, so
 /chat sends the tokens of each 10 ms together. The app runs in its own process (as users run it),
 and the stand-in generates on one thread: on this 2-core box, two generation threads would compete
 for the CPU with the app and the client, while a real Ollama generates on its GPU. Both sides
 alternate five times; medians are compared.
 Through gradio_client (`ratio`, `first_token_extra_ms`) and through Gradio's plain HTTP API
-(`http_*`: POST /gradio_api/call/chat, then its event stream).
+(`http_*`: POST /gradio_api/call/chat, then its event stream). The stand-in's own generation
+rate (`generated_tok_s_*`, from eval_duration) shows how much of a gap is the CPU the app and
+its client take from generation on this box; `delivered_per_generated` compares the two sides
+with that removed. 4,000 tokens: a stream of about 2.5 s, so the client's 50 ms polling steps
+at its two ends weigh little.
 Targets: ratio >= 0.95, first-token extra latency < 100 ms.   Run: python bench/chat.py [TOKENS]
 """
 
@@ -29,7 +33,7 @@ from app.ollama import OllamaClient, file_digest
 from gradio_client import Client
 from tests.harness.toolbox import run_tools_script, start_ollama
 
-TOKENS = int(sys.argv[1]) if len(sys.argv) > 1 else 1500
+TOKENS = int(sys.argv[1]) if len(sys.argv) > 1 else 4000
 MESSAGES = [{"role": "user", "content": "Tell me a long story."}]
 OPTIONS = {"num_predict": TOKENS, "temperature": 0, "seed": 1}
 
@@ -45,8 +49,8 @@ def direct(url: str) -> tuple[float, float, int]:
             if first is None and (item.get("message") or {}).get("content"):
                 first = time.monotonic()
             if item.get("done"):
-                count = item["eval_count"]
-    return count / (time.monotonic() - first), first - t0, count
+                count, generated = item["eval_count"], item["eval_count"] / item["eval_duration"] * 1e9
+    return count / (time.monotonic() - first), first - t0, count, generated
 
 
 def through_tunedeck(client: Client) -> tuple[float, float, int]:
@@ -57,8 +61,8 @@ def through_tunedeck(client: Client) -> tuple[float, float, int]:
         if first is None and update["content"]:
             first = time.monotonic()
         if update["done"]:
-            count = update["stats"]["eval_tokens"]
-    return count / (time.monotonic() - first), first - t0, count
+            count, generated = update["stats"]["eval_tokens"], update["stats"]["tokens_per_s"]
+    return count / (time.monotonic() - first), first - t0, count, generated
 
 
 def through_http(url: str) -> tuple[float, float, int]:
@@ -76,8 +80,8 @@ def through_http(url: str) -> tuple[float, float, int]:
                 if first is None and update["content"]:
                     first = time.monotonic()
                 if update["done"]:
-                    count = update["stats"]["eval_tokens"]
-    return count / (time.monotonic() - first), first - t0, count
+                    count, generated = update["stats"]["eval_tokens"], update["stats"]["tokens_per_s"]
+    return count / (time.monotonic() - first), first - t0, count, generated
 
 
 def main() -> None:
@@ -108,7 +112,11 @@ def main() -> None:
                first_token_tunedeck_ms=round(first_t * 1000),
                first_token_extra_ms=round((first_t - first_d) * 1000),
                http_ratio=round(statistics.median(r[0] for r in plain) / rate_d, 3),
-               http_first_token_extra_ms=round((statistics.median(r[1] for r in plain) - first_d) * 1000))
+               http_first_token_extra_ms=round((statistics.median(r[1] for r in plain) - first_d) * 1000),
+               generated_tok_s_direct=round(statistics.median(r[3] for r in theirs)),
+               generated_tok_s_tunedeck=round(statistics.median(r[3] for r in ours)),
+               delivered_per_generated=round(statistics.median(r[0] / r[3] for r in ours)
+                                             / statistics.median(r[0] / r[3] for r in theirs), 3))
     finally:
         stack.cleanup()
         shutil.rmtree(data, ignore_errors=True)
