@@ -3,7 +3,7 @@ second from calling the Ollama stand-in's /api/chat directly; and the first toke
 
 The stand-in runs the tiny model's real GGUF with llama.cpp, its end-of-sequence token muted so
 every answer runs to the token limit, at 1,100 to 2,200 tokens/s: far faster than any real model, so
-/chat sends the tokens of each 10 ms together. The app runs in its own process (as users run it),
+/chat sends the tokens of each 25 ms together. The app runs in its own process (as users run it),
 and the stand-in generates on one thread: on this 2-core box, two generation threads would compete
 for the CPU with the app and the client, while a real Ollama generates on its GPU. Both sides
 alternate five times; medians are compared.
