@@ -27,10 +27,11 @@ import time
 from pathlib import Path
 
 import httpx
-from _common import AppProcess, new_stack, report
+from _common import new_stack, report
 
 from app.ollama import OllamaClient, file_digest
 from gradio_client import Client
+from tests.harness.appserver import app_process, settings_for
 from tests.harness.toolbox import run_tools_script, start_ollama
 
 TOKENS = int(sys.argv[1]) if len(sys.argv) > 1 else 4000
@@ -96,14 +97,16 @@ def main() -> None:
         list(oc.create({"model": "bench", "files": {"model.gguf": digest},
                         "template": "{{ range .Messages }}{{ .Content }}{{ end }}",
                         "parameters": {"num_ctx": TOKENS + 64}}))
-        with AppProcess(stack.project, str(data), TUNEDECK_OLLAMA_URL=ollama.url) as app:
-            client = Client(app.url, verbose=False)
-            direct(ollama.url), through_tunedeck(client), through_http(app.url)  # warm-up
+        settings = settings_for(tunedeck_project=stack.project, tunedeck_data_dir=str(data),
+                                tunedeck_ollama_url=ollama.url)
+        with app_process(settings) as (_proc, url):
+            client = Client(url, verbose=False)
+            direct(ollama.url), through_tunedeck(client), through_http(url)  # warm-up
             ours, theirs, plain = [], [], []
             for _ in range(5):
                 theirs.append(direct(ollama.url))
                 ours.append(through_tunedeck(client))
-                plain.append(through_http(app.url))
+                plain.append(through_http(url))
             client.close()
         rate_d, rate_t = statistics.median(r[0] for r in theirs), statistics.median(r[0] for r in ours)
         first_d, first_t = statistics.median(r[1] for r in theirs), statistics.median(r[1] for r in ours)

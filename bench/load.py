@@ -18,9 +18,10 @@ import threading
 from pathlib import Path
 
 import psutil
-from _common import AppProcess, new_stack, report
+from _common import new_stack, report
 
 from gradio_client import Client
+from tests.harness.appserver import app_process, settings_for
 from tests.harness.load import quantile, run_load
 from tests.harness.toolbox import start_llamacpp, start_llamafactory, start_ollama, tiny_run
 
@@ -37,14 +38,16 @@ def main() -> None:
         start_llamafactory(stack, data), start_llamacpp(stack, data)
         ollama = start_ollama(stack)
         stack.run("tensorboard", ["sh", "-c", 'i=0; while true; do i=$((i+1)); echo "tick $i"; sleep 0.05; done'])
-        with AppProcess(stack.project, str(data), TUNEDECK_OLLAMA_URL=ollama.url) as app:
-            proc = psutil.Process(app.proc.pid)
+        settings = settings_for(tunedeck_project=stack.project, tunedeck_data_dir=str(data),
+                                tunedeck_ollama_url=ollama.url)
+        with app_process(settings) as (app_proc, url):
+            proc = psutil.Process(app_proc.pid)
             samples = {"rss": [], "unix": [], "threads": []}
             exports = {"done": 0, "failed": 0}
             stop = threading.Event()
 
             def exporter():
-                client = Client(app.url, verbose=False)
+                client = Client(url, verbose=False)
                 i = 0
                 while not stop.is_set():
                     shutil.rmtree(data / "exports", ignore_errors=True)
@@ -63,7 +66,7 @@ def main() -> None:
 
             t = threading.Thread(target=exporter, daemon=True)
             t.start()
-            result = run_load(app.url, CLIENTS, SECONDS, "tensorboard", on_tick=tick, status_over_http=True)
+            result = run_load(url, CLIENTS, SECONDS, "tensorboard", on_tick=tick, status_over_http=True)
             stop.set()
             t.join(120)
         report("load", clients=CLIENTS, seconds=SECONDS, status_calls=result.status_calls,

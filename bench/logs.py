@@ -14,9 +14,10 @@ import sys
 import threading
 import time
 
-from _common import AppProcess, new_stack, report
+from _common import new_stack, report
 
 from gradio_client import Client
+from tests.harness.appserver import app_process, settings_for
 
 N = int(sys.argv[1]) if len(sys.argv) > 1 else 300_000
 DELAY = 4.0
@@ -40,10 +41,10 @@ def docker_logs_rate(stack) -> tuple[float, float]:
     return count / (last - first), first
 
 
-def gradio_rate(stack, app) -> tuple[float, float, float]:
+def gradio_rate(stack, url: str) -> tuple[float, float, float]:
     c = stack.run("tensorboard", PRINTER)
     started = time.monotonic()
-    client = Client(app.url, verbose=False)
+    client = Client(url, verbose=False)
     job = client.submit("tensorboard", 1, "", False, False, api_name="/logs")
     first = last = None
     count = 0
@@ -63,10 +64,10 @@ def gradio_rate(stack, app) -> tuple[float, float, float]:
     return count / (last - first), first - started, count
 
 
-def first_line_latency(stack, app) -> float:
+def first_line_latency(stack, url: str) -> float:
     """Arrival at the gradio follower minus arrival at a concurrent `docker logs -f` of the same line."""
     c = stack.run("llamacpp", ["sh", "-c", "sleep 3; echo marker; sleep 3600"])
-    client = Client(app.url, verbose=False)
+    client = Client(url, verbose=False)
     job = client.submit("llamacpp", 1, "", False, False, api_name="/logs")
     arrivals = {}
 
@@ -94,14 +95,15 @@ def first_line_latency(stack, app) -> float:
 def main() -> None:
     stack = new_stack()
     try:
-        with AppProcess(stack.project) as app:
+        settings = settings_for(tunedeck_project=stack.project, tunedeck_data_dir="/tmp/td-bench")
+        with app_process(settings) as (_proc, url):
             time.sleep(1)
             bases, rates = [], []
             for _ in range(3):
                 bases.append(docker_logs_rate(stack)[0])
-                rate, _, delivered = gradio_rate(stack, app)
+                rate, _, delivered = gradio_rate(stack, url)
                 rates.append(rate)
-            latency = first_line_latency(stack, app)
+            latency = first_line_latency(stack, url)
         base_rate, rate = statistics.median(bases), statistics.median(rates)
         report("logs", lines=N, docker_logs_lines_per_s=round(base_rate), tunedeck_lines_per_s=round(rate),
                delivered=delivered, ratio=round(rate / base_rate, 3),

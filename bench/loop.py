@@ -12,9 +12,7 @@ Target: largest gap < 50 ms.   Run: python bench/loop.py [GiB]
 from __future__ import annotations
 
 import asyncio
-import json
 import shutil
-import struct
 import sys
 import tempfile
 import threading
@@ -32,35 +30,9 @@ from gradio_client import Client
 from starlette.requests import Request
 from starlette.responses import Response
 from tests.harness.parts import free_port
-from tests.harness.toolbox import start_llamacpp, start_llamafactory, start_ollama, tiny_run
+from tests.harness.toolbox import big_run, start_llamacpp, start_llamafactory, start_ollama, tiny_run
 
 GIB = float(sys.argv[1]) if len(sys.argv) > 1 else 1.0
-SHARD = 60 << 20
-
-
-def make_data(root: Path) -> None:
-    """A run on a large base: the tiny model's config and tokenizer, unloadable shards (merge fails)."""
-    tiny_run(root, root / "tmp")
-    base = root / "models" / "big"
-    base.mkdir(parents=True)
-    for f in (root / "models" / "tiny-llama").iterdir():
-        if f.suffix != ".safetensors":
-            shutil.copy(f, base / f.name)
-    left, i = int(GIB * (1 << 30)), 0
-    block = bytes(range(256)) * (1 << 12)
-    while left > 0:
-        size = min(SHARD, left)
-        with open(base / f"model-{i:05d}.safetensors", "wb") as f:
-            for _ in range(size // len(block)):
-                f.write(block)
-        left -= size
-        i += 1
-    run = root / "saves" / "big" / "lora" / "run"
-    run.mkdir(parents=True)
-    (run / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(base), "peft_type": "LORA"}))
-    header = json.dumps({"__metadata__": {}}).encode()
-    (run / "adapter_model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header)
-    (run / "training_args.yaml").write_text(f"model_name_or_path: {base}\ntemplate: default\n")
 
 
 class Ticker:
@@ -99,7 +71,8 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="td-bench-loop-"))
     stack = new_stack()
     try:
-        make_data(root)
+        tiny_run(root, root / "tmp")
+        big_run(root, int(GIB * (1 << 30)))
         start_llamafactory(stack, root), start_llamacpp(stack, root)  # the tool checks pass, so planning runs
         settings = Settings.from_env({"TUNEDECK_DATA_DIR": str(root), "TUNEDECK_PROJECT": stack.project,
                                       "TUNEDECK_OLLAMA_URL": start_ollama(stack).url})

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import struct
 import sys
 import threading
 import time
@@ -20,7 +19,7 @@ from gradio_client import Client
 
 from tests.harness.appserver import app_process, run_readme_example, running_app, settings_for, wait_job_finished
 from tests.harness.stack import Stack, new_project_name
-from tests.harness.toolbox import run_tools_script, tiny_run, tool_app
+from tests.harness.toolbox import big_run, run_tools_script, tiny_run, tool_app
 
 sys.path.insert(0, str(Path(__file__).parent / "standins"))
 from ollama_server import FILE_TYPES, read_gguf_header  # noqa: E402
@@ -277,33 +276,11 @@ def test_preflight_refusals_change_nothing(env, case):
 
 
 # -- nothing slow on Gradio's event loop (figures: bench/loop.py) --------------------------------
-BIG = 1 << 30   # hashed by content in 60 MiB shards: planning takes a while
-SHARD = 60 << 20
-
-
-def big_run(data: Path) -> str:
-    """A run on a 1 GiB base (the tiny model's config and tokenizer, unloadable shards)."""
-    base = data / "models" / "big"
-    base.mkdir(parents=True)
-    for f in (data / "models" / "tiny-llama").iterdir():
-        if f.suffix != ".safetensors":
-            shutil.copy(f, base / f.name)
-    block = bytes(range(256)) * 4096
-    for i in range(-(-BIG // SHARD)):
-        with open(base / f"shard-{i:05d}.safetensors", "wb") as out:
-            for _ in range(SHARD // len(block)):
-                out.write(block)
-    run = data / "saves" / "big" / "lora" / "run"
-    run.mkdir(parents=True)
-    (run / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(base)}))
-    header = json.dumps({"__metadata__": {}}).encode()
-    (run / "adapter_model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header)
-    (run / "training_args.yaml").write_text(f"model_name_or_path: {base}\ntemplate: default\n")
-    return "big/lora/run"
+BIG = 1 << 30   # hashed by content: planning takes a while
 
 
 def test_status_answers_while_an_export_plans_a_large_base(env):
-    run = big_run(env["data"])
+    run = big_run(env["data"], BIG)
     client, status_client = Client(env["app"].url, verbose=False), Client(env["app"].url, verbose=False)
     done, final = threading.Event(), {}
 
@@ -397,7 +374,6 @@ def test_app_killed_mid_export_then_restarted(env):
     import os
     import signal
 
-
     s = env["settings"]
     with app_process(s) as (proc, url):
         client = Client(url, verbose=False)
@@ -426,7 +402,6 @@ def test_sigterm_cancels_the_running_export_and_exits_quickly(env):
     """`docker compose stop app` sends SIGTERM: the tool is killed, its partial output removed, the
     history says cancelled, and the app is gone within 5 s."""
     import signal
-
 
     s = env["settings"]
     with app_process(s) as (proc, url):

@@ -45,8 +45,9 @@ def running_app(settings: Settings, *, root_path: str | None = None, auth=None) 
 
 @contextmanager
 def app_process(settings: Settings) -> Iterator[tuple]:
-    """`python -m app` in its own process on the same project and data dir, as users run it:
-    yields (process, url); killed at the end if still running."""
+    """`python -m app` in its own process on the settings' project, data dir and Ollama, as users run
+    it (and as benchmarks need it: not sharing their GIL): yields (process, url). Stopped at the end
+    with SIGTERM, then killed if it has not exited within 10 s."""
     import os
     import subprocess
     import sys
@@ -66,7 +67,11 @@ def app_process(settings: Settings) -> Iterator[tuple]:
         yield proc, f"http://127.0.0.1:{port}"
     finally:
         if proc.poll() is None:
-            proc.kill()
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
 
 def run_readme_example(marker: str, tmp_path, **env: str):

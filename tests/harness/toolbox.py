@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import struct
 import subprocess
 import time
 from dataclasses import dataclass
@@ -168,3 +169,27 @@ def tool_app(stack, data_dir: Path):
             yield ToolApp(app, ollama, lf, cpp, settings)
 
     return run()
+
+
+def big_run(data_dir: Path, size: int) -> str:
+    """A run on a base of `size` bytes: the tiny model's config and tokenizer (`tiny_run` first) and
+    unloadable 60 MiB shards, hashed by content when an export plans; its merge then fails."""
+    base = data_dir / "models" / "big"
+    base.mkdir(parents=True)
+    for f in (data_dir / "models" / "tiny-llama").iterdir():
+        if f.suffix != ".safetensors":
+            shutil.copy(f, base / f.name)
+    block, shard = bytes(range(256)) * 4096, 60 << 20
+    left, i = size, 0
+    while left > 0:
+        with open(base / f"shard-{i:05d}.safetensors", "wb") as out:
+            for _ in range(min(shard, left) // len(block)):
+                out.write(block)
+        left, i = left - shard, i + 1
+    run = data_dir / "saves" / "big" / "lora" / "run"
+    run.mkdir(parents=True)
+    (run / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(base), "peft_type": "LORA"}))
+    header = json.dumps({"__metadata__": {}}).encode()
+    (run / "adapter_model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header)
+    (run / "training_args.yaml").write_text(f"model_name_or_path: {base}\ntemplate: default\n")
+    return "big/lora/run"
