@@ -49,6 +49,7 @@ TUNEDECK_PYTHON | python3 | Python inside the LLaMA-Factory and llama.cpp contai
 TUNEDECK_PERPLEXITY_BIN | /app/llama-perplexity | Path of `llama-perplexity` inside the llama.cpp container.
 TUNEDECK_IMATRIX_BIN | /app/llama-imatrix | Path of `llama-imatrix` inside the llama.cpp container.
 TUNEDECK_BENCH_BIN | /app/llama-bench | Path of `llama-bench` inside the llama.cpp container.
+TUNEDECK_TOKENIZE_BIN | /app/llama-tokenize | Path of `llama-tokenize` inside the llama.cpp container (the served prompt's token ids, checked before Ollama changes).
 TUNEDECK_KL_THRESHOLD | 0.05 | Quantization report: recommend the smallest type whose mean KL divergence from f16 is below this.
 TUNEDECK_FIDELITY_MIN | 0.98 | Fidelity stage: warn when the f16 GGUF agrees with the merged model on fewer top-1 tokens than this.
 TUNEDECK_SESSION_HOURS | 168 | Lifetime of a dashboard login session in hours; the tool routes behind Caddy follow it.
@@ -97,6 +98,7 @@ class Settings:
     perplexity_bin: str = "/app/llama-perplexity"
     imatrix_bin: str = "/app/llama-imatrix"
     bench_bin: str = "/app/llama-bench"
+    tokenize_bin: str = "/app/llama-tokenize"
     kl_threshold: float = 0.05
     fidelity_min: float = 0.98
     session_hours: float = 168.0
@@ -139,6 +141,7 @@ class Settings:
             perplexity_bin=get("TUNEDECK_PERPLEXITY_BIN"),
             imatrix_bin=get("TUNEDECK_IMATRIX_BIN"),
             bench_bin=get("TUNEDECK_BENCH_BIN"),
+            tokenize_bin=get("TUNEDECK_TOKENIZE_BIN"),
             kl_threshold=_number("TUNEDECK_KL_THRESHOLD", get("TUNEDECK_KL_THRESHOLD"), 0.0, 10.0),
             fidelity_min=_number("TUNEDECK_FIDELITY_MIN", get("TUNEDECK_FIDELITY_MIN"), 0.0, 1.0),
             session_hours=_number("TUNEDECK_SESSION_HOURS", get("TUNEDECK_SESSION_HOURS"), 0.001, 24 * 366),

@@ -84,3 +84,49 @@ def adds_bos(meta: dict) -> bool:
     if value is None:
         return meta.get("tokenizer.ggml.model") in ("llama",)
     return bool(value)
+
+
+def set_bool(path: Path, key: str, value: bool) -> bool:
+    """Rewrite a boolean metadata value in place (one byte; the file keeps its size and layout).
+    False when the file has no such boolean key."""
+    with open(path, "r+b") as f:
+        if f.read(4) != b"GGUF":
+            raise NotGGUF(f"{Path(path).name} is not a GGUF file")
+        r = _Reader(f)
+        if r.read("<I") not in (2, 3):
+            raise NotGGUF("unsupported GGUF version")
+        r.read("<Q")
+        for _ in range(r.read("<Q")):
+            name = r.string()
+            vtype = r.read("<I")
+            if name == key and vtype == 7:
+                f.write(b"\x01" if value else b"\x00")
+                return True
+            r.value(vtype)
+    return False
+
+
+def token_pieces(path: Path, ids: set[int]) -> dict[int, str]:
+    """The vocabulary's text of the given token ids (`tokenizer.ggml.tokens`), to name a token in a sentence."""
+    out: dict[int, str] = {}
+    with open(path, "rb") as f:
+        if f.read(4) != b"GGUF":
+            raise NotGGUF(f"{Path(path).name} is not a GGUF file")
+        r = _Reader(f)
+        r.read("<I")
+        r.read("<Q")
+        for _ in range(r.read("<Q")):
+            name = r.string()
+            vtype = r.read("<I")
+            if name == "tokenizer.ggml.tokens" and vtype == _ARRAY:
+                itype, count = r.read("<I"), r.read("<Q")
+                if itype != _STRING:
+                    break
+                for i in range(count):
+                    if i in ids:
+                        out[i] = r.string()
+                    else:
+                        r.skip_string()
+                break
+            r.value(vtype)
+    return out

@@ -1,6 +1,8 @@
 """What a training run is, in one place: a folder under `saves/` (any depth) holding one of
 LLaMA-Factory's run files. A run is *exportable* once it holds a LoRA adapter (config and
-weights). The Runs tab and the Export tab both discover runs here. Pure filesystem reads.
+weights) or, for a full or freeze fine-tune, the model itself (config and weights); each of its
+`checkpoint-N` folders that holds either is exportable too, as `<run>/checkpoint-N`. The Runs tab
+and the Export tab both discover runs here. Pure filesystem reads.
 """
 
 from __future__ import annotations
@@ -42,9 +44,39 @@ def discover_run_dirs(saves: Path) -> list[Path]:
     return found
 
 
-def is_exportable(path: Path) -> bool:
+MODEL_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                 "pytorch_model.bin.index.json")
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
+def has_adapter(path: Path) -> bool:
     path = Path(path)
     return (path / "adapter_config.json").is_file() and any((path / w).is_file() for w in ADAPTER_WEIGHTS)
+
+
+def has_model(path: Path) -> bool:
+    """A whole model (what a full or freeze fine-tune saves): its config and weights."""
+    path = Path(path)
+    return (path / "config.json").is_file() and any((path / w).is_file() for w in MODEL_WEIGHTS)
+
+
+def checkpoints(path: Path) -> list[tuple[int, Path]]:
+    """(step, folder) of the run's exportable checkpoints, in step order."""
+    found = []
+    try:
+        entries = list(os.scandir(path))
+    except OSError:
+        return []
+    for entry in entries:
+        match = _CHECKPOINT.match(entry.name)
+        if match and entry.is_dir(follow_symlinks=False) and (has_adapter(entry.path) or has_model(entry.path)):
+            found.append((int(match.group(1)), Path(entry.path)))
+    return sorted(found)
+
+
+def is_exportable(path: Path) -> bool:
+    """The run's final adapter or model, or (a run stopped early) any of its checkpoints."""
+    return has_adapter(path) or has_model(path) or bool(checkpoints(path))
 
 
 def read_json(path: Path) -> dict:
@@ -131,34 +163,82 @@ def last_loss(log_path: Path, tail_bytes: int = 65536) -> float | None:
 
 @dataclass(frozen=True)
 class RunInfo:
-    """An exportable run, as the Export tab and the API see it."""
+    """An exportable run (or one of its checkpoints), as the Export tab and the API see it."""
 
-    name: str            # path relative to saves/, e.g. "Qwen2-0.5B/lora/train_2026-11-28"
-    path: str            # absolute path of the run folder
+    name: str            # path relative to saves/, e.g. "Qwen2-0.5B/lora/train_2026-11-28" or ".../checkpoint-500"
+    path: str            # absolute path of the folder holding the adapter or model
     base_model: str
     template: str        # from training_args.yaml; "" = infer from the run's tokenizer at export
-    finetuning_type: str
-    finished_at: float   # mtime of the adapter weights
+    finetuning_type: str  # lora, or full/freeze (the folder is the model: nothing to merge)
+    finished_at: float   # mtime of the adapter or model weights
     last_loss: float | None
+    checkpoints: tuple = ()  # ({"name", "step", "loss"}, …) of a run's exportable checkpoints, in step order
+
+    @property
+    def merges(self) -> bool:
+        """A LoRA adapter is merged into its base; a full or freeze fine-tune is converted as it is."""
+        return self.finetuning_type not in ("full", "freeze")
 
     def as_dict(self) -> dict:
         """JSON for the API; `folder`, not `path`, since gradio_client treats `path` keys as files."""
         d = asdict(self)
         d["folder"] = d.pop("path")
+        d["checkpoints"] = [dict(c) for c in self.checkpoints]
         return d
 
 
+def losses_by_step(log_path: Path) -> dict[int, float]:
+    out: dict[int, float] = {}
+    try:
+        lines = Path(log_path).read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        loss, step = record.get("loss"), record.get("current_steps")
+        if isinstance(loss, (int, float)) and math.isfinite(loss) and isinstance(step, int):
+            out[step] = float(loss)
+    return out
+
+
+def loss_at(losses: dict[int, float], step: int) -> float | None:
+    """The last logged loss at or before `step`."""
+    steps = [s for s in losses if s <= step]
+    return losses[max(steps)] if steps else None
+
+
+def _weights(path: Path) -> Path | None:
+    return next((path / w for w in (*ADAPTER_WEIGHTS, *MODEL_WEIGHTS) if (path / w).is_file()), None)
+
+
 def read_run(saves: Path, path: Path) -> RunInfo:
-    args = read_yaml(path / "training_args.yaml")
-    weights = next(path / w for w in ADAPTER_WEIGHTS if (path / w).is_file())
+    """A run folder, or a checkpoint inside one (whose arguments, log and card are the run's)."""
+    is_checkpoint = bool(_CHECKPOINT.match(path.name)) and any((path.parent / m).is_file() for m in RUN_MARKERS)
+    run_dir = path.parent if is_checkpoint else path
+    args = read_yaml(run_dir / "training_args.yaml")
+    own = has_adapter(path) or has_model(path)
+    steps = checkpoints(path) if not is_checkpoint else []
+    source = path if own else steps[-1][1]  # a run stopped early: its last checkpoint
+    kind = "lora" if has_adapter(source) else str(args.get("finetuning_type") or "full")
+    if kind == "lora" and not has_adapter(source):
+        kind = "full"
+    losses = losses_by_step(run_dir / "trainer_log.jsonl")
+    base = base_model_of(source) or base_model_of(run_dir)
+    weights = _weights(source)
     return RunInfo(
         name=str(path.relative_to(saves)),
-        path=str(path),
-        base_model=base_model_of(path),
+        path=str(source),
+        base_model=base or (str(source) if kind != "lora" else ""),
         template=str(args.get("template") or ""),
-        finetuning_type=str(args.get("finetuning_type") or "lora"),
-        finished_at=weights.stat().st_mtime,
-        last_loss=last_loss(path / "trainer_log.jsonl"),
+        finetuning_type=kind,
+        finished_at=weights.stat().st_mtime if weights else 0.0,
+        last_loss=loss_at(losses, int(_CHECKPOINT.match(source.name).group(1))) if source != run_dir
+        else last_loss(run_dir / "trainer_log.jsonl"),
+        checkpoints=tuple({"name": str(p.relative_to(saves)), "step": step, "loss": loss_at(losses, step)}
+                          for step, p in steps),
     )
 
 
@@ -171,6 +251,7 @@ def discover_runs(data_dir: Path) -> list[RunInfo]:
 
 
 def find_run(data_dir: Path, name: str) -> RunInfo | None:
+    """A run by its name under saves/, or one of its checkpoints (`<run>/checkpoint-N`)."""
     saves = Path(data_dir) / "saves"
     try:
         path = confine(saves, name, "Run")

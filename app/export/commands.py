@@ -80,6 +80,13 @@ def bench_command(settings: Settings, gguf: Path, tokens: int = 32) -> ToolComma
         settings.bench_bin, "-m", str(gguf), "-p", "0", "-n", str(tokens), "-r", "2", "-o", "json"))
 
 
+def tokenize_command(settings: Settings, gguf: Path, text: Path) -> ToolCommand:
+    """llama.cpp's own tokenizer on `gguf`'s vocabulary (weights are not loaded): the ids a runtime feeds
+    the model for the text in `text`, special tokens parsed and BOS added as the GGUF says."""
+    return ToolCommand(settings.llamacpp_service, (
+        settings.tokenize_bin, "-m", str(gguf), "-f", str(text), "--ids", "--no-escape"))
+
+
 _SCRIPTS = Path(__file__).with_name("scripts")
 HELPERS = {"prepare": "templates.py", "hf-logits": "logits.py"}
 HELPER_ENV = (("HF_HUB_OFFLINE", "1"), ("TRANSFORMERS_OFFLINE", "1"), ("DISABLE_VERSION_CHECK", "1"),

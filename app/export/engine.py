@@ -31,9 +31,9 @@ PIPELINE: tuple[tuple[str, float, Callable[[StageContext], None]], ...] = (
     ("convert", 0.25, convert.run),
     ("imatrix", 0.35, imatrix.run),
     ("quantize", 0.42, quantize.run),
-    ("load", 0.55, load.run),
-    ("verify", 0.65, verify.run),
-    ("fidelity", 0.72, fidelity.run),
+    ("fidelity", 0.52, fidelity.run),  # before Ollama changes: a failed helper leaves Ollama as it was
+    ("load", 0.65, load.run),
+    ("verify", 0.75, verify.run),
     ("report", 0.85, report.run),
 )
 REPORT_PIPELINE: tuple[tuple[str, float, Callable[[StageContext], None]], ...] = (

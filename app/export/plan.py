@@ -43,6 +43,12 @@ class ExportRequest:
     report: bool = True              # quantization report (when there are quantized types)
     kl_threshold: float = 0.05       # the report recommends the smallest type below this mean KL divergence
     base_only: bool = False          # export the run's base model itself (no adapter): "compare with base"
+    compare_to: str = ""             # with base_only: the fine-tune's Ollama name this base is compared with
+
+    @property
+    def converts_as_is(self) -> bool:
+        """Nothing to merge: the base itself ("compare with base"), or a full or freeze fine-tune."""
+        return self.base_only or not self.run.merges
 
     def summary(self) -> dict:
         d = asdict(self)
@@ -64,7 +70,8 @@ def build_request(data_dir: Path, *, run: str, base_model: str = "", template: s
         raise InvalidInput("Choose a run to export.")
     info = find_run(data_dir, run_name)
     if info is None:
-        raise InvalidInput(f"Unknown run {run_name!r}: no adapter_config.json and adapter weights under saves/.")
+        raise InvalidInput(f"Unknown run {run_name!r}: no LoRA adapter, model weights or checkpoint of one "
+                           "under saves/.")
     base = validate_base_model(data_dir, base_model or info.base_model)
     tmpl = validate_template(template or info.template or "", allow_empty=True)
     source = "given" if template else "run" if tmpl else "inferred"
@@ -176,6 +183,9 @@ def make_plan(data_dir: Path, request: ExportRequest, eval_digest: str = "", cal
     if request.base_only:  # the base itself, shared by every run on it: content-keyed, named after the base
         merge_key = _key("base", base_fp, request.template)
         stem = slug(Path(base).name, 36) + "-base"
+    elif not request.run.merges:  # a full or freeze fine-tune: the run's own weights are the model
+        merge_key = _key("model", fingerprint_dir(Path(request.run.path)), request.template)
+        stem = slug(request.run.name.replace("/", "-"), 40)
     else:
         merge_key = _key("merge", adapter_fingerprint(Path(request.run.path)), base_fp, request.template)
         stem = slug(request.run.name.replace("/", "-"), 40)
@@ -211,7 +221,8 @@ def make_plan(data_dir: Path, request: ExportRequest, eval_digest: str = "", cal
         for label in delivered:
             q = ExportPlan.qtype(label)
             targets.append(OllamaTarget(f"{request.ollama_name}:{q.lower()}", quantized[label], label))
-    merged = Path(base) if request.base_only else workdir / "merged"
+    merged = Path(base) if request.base_only else Path(request.run.path) if not request.run.merges \
+        else workdir / "merged"
     return ExportPlan(request, workdir, workdir / "merge.yaml", merged, gguf, quantized, tuple(targets),
                       keys, imatrix, workdir / "eval")
 

@@ -61,18 +61,32 @@ def base_request(data_dir: Path, history: History, job_id: object = "", run: obj
         row = _export_row(history, job_id)
     req, result = row["request"], row["result"] or {}
     template = (result.get("template") or {}).get("name") or req.get("template") or ""
-    name = req["ollama_name"].rsplit(":", 1)[0] if ":" in req["ollama_name"].rsplit("/", 1)[-1] else req["ollama_name"]
-    request = build_request(data_dir, run=req["run"], base_model=req["base_model"], template=template,
-                            dtype=req["dtype"], quant_types=req["quant_types"], ollama_name=f"{name}-base",
-                            system_prompt=req.get("system_prompt") or "", overwrite=True, report=False,
-                            base_only=True)
-    return replace(request, template_source="run")
+    name = base_name(req["ollama_name"])
+    probe = build_request(data_dir, run=req["run"], base_model=req["base_model"], template=template,
+                          dtype=req["dtype"], quant_types=req["quant_types"], ollama_name=name,
+                          system_prompt=req.get("system_prompt") or "", report=False, base_only=True)
+    # replace only what TuneDeck itself loaded there: a model of the user's own of that name is refused
+    ours = all(history.last_loaded_key(target) for target in target_names(probe))
+    return replace(probe, overwrite=ours, template_source="run", compare_to=req["ollama_name"])
+
+
+def base_name(tuned: str) -> str:
+    """`bot` → `bot-base`, `bot:v1` → `bot-base:v1`, `me/bot:v1` → `me/bot-base:v1`."""
+    repo, _, tag = tuned.rpartition(":") if ":" in tuned.rsplit("/", 1)[-1] else (tuned, "", "")
+    return f"{repo}-base" + (f":{tag}" if tag else "")
+
+
+def target_names(request: ExportRequest) -> list[str]:
+    """The Ollama names an export creates (one per quantized type when there are several)."""
+    if len(request.quant_types) > 1:
+        return [f"{request.ollama_name}:{q.lower()}" for q in request.quant_types]
+    return [request.ollama_name]
 
 
 def model_pair(request: ExportRequest) -> list[str]:
     """The Ollama names of the fine-tune and of its base, for the Playground (first quantized type)."""
     base = request.ollama_name
-    tuned = base[: -len("-base")]
+    tuned = request.compare_to or base
     if len(request.quant_types) > 1:
         tag = ":" + request.quant_types[0].lower()
         return [tuned + tag, base + tag]

@@ -24,7 +24,8 @@ def prepare(ctx: StageContext, mode: str) -> dict:
     """{"inference": …, "chat": …} for the request; `mode` is infer, check or given."""
     req = ctx.request
     run = "" if req.base_only else req.run.path
-    key = ("prepare", mode, req.template, file_fingerprint(*(Path(run) / n for n in TOKENIZER_FILES)) if run else "",
+    scripts = Path(__file__).with_name("scripts")
+    key = ("prepare", file_fingerprint(scripts / "common.py", scripts / "templates.py"), mode, req.template, file_fingerprint(*(Path(run) / n for n in TOKENIZER_FILES)) if run else "",
            file_fingerprint(*(Path(req.base_model) / n for n in TOKENIZER_FILES)))
     result, reused = cached(ctx.data_dir / "exports" / ".cache", key,
                             lambda: run_helper(ctx, "template", "prepare", run, req.base_model, req.template, mode))
@@ -40,12 +41,32 @@ def inferred(ctx: StageContext, inference: dict) -> tuple[str, str]:
         raise StageFailed("The run does not record a chat template (no chat_template.jinja and no chat_template in "
                           f"tokenizer_config.json), so its template cannot be inferred; {WHERE_TO_CHOOSE}.")
     matches = inference.get("matches") or []
+    if inference.get("unrenderable"):
+        raise StageFailed(f"The run's saved chat template ({inference['source']}) cannot render a conversation, so "
+                          f"its template cannot be inferred; {WHERE_TO_CHOOSE}.")
     if not matches:
-        closest = ", ".join(f"{name} ({score:.0%} alike)" for name, score in inference.get("closest") or []) or "none"
-        raise StageFailed(f"The run does not record a known LLaMA-Factory template: its saved chat template matches "
-                          f"none (closest: {closest}); {WHERE_TO_CHOOSE}.")
-    note = f"; equally matching: {', '.join(matches[1:4])}" if len(matches) > 1 else ""
+        raise StageFailed(f"The run's saved chat template encodes conversations like no LLaMA-Factory template "
+                          f"({closest_text(inference.get('closest') or [])}); {WHERE_TO_CHOOSE}.")
+    how = (inference.get("how") or {}).get(matches[0])
+    note = {"exact": "", "ids": "; it gives the same token ids as the run's saved chat template",
+            "text": "; it renders the same text as the run's saved chat template"}.get(how or "exact", "")
+    if len(matches) > 1:
+        note += f"; equivalent: {', '.join(matches[1:4])}"
     return matches[0], note
+
+
+def closest_text(closest: list) -> str:
+    """Where the closest templates first differ from the run's own, e.g. "closest: llama3, from token 5 of
+    with system: 'Cut' where llama3 gives '<|eot_id|>'"."""
+    parts = []
+    for name, where in closest[:2]:
+        if not where:
+            parts.append(name)
+            continue
+        parts.append(f"{name}, from token {where['token']} of the {where['conversation'].replace('_', ' ')} "
+                     f"conversation: the run's template gives {where['saved']!r} where {name} gives "
+                     f"{where['template']!r}")
+    return "closest: " + "; ".join(parts) if parts else "no template comes close"
 
 
 def chat_format(ctx: StageContext, adds_bos: bool) -> dict:
@@ -54,4 +75,5 @@ def chat_format(ctx: StageContext, adds_bos: bool) -> dict:
     if not chat or chat.get("error"):
         raise StageFailed(f"LLaMA-Factory could not give the chat format of template {ctx.request.template}"
                           + (f" ({chat['error']})" if chat else "") + ".")
-    return {**chat, "ollama_template": chat["ollama_template"]["bos" if adds_bos else "nobos"]}
+    return {**chat, "ollama_template": chat["ollama_template"]["bos" if adds_bos else "nobos"],
+            "ollama_templates": chat["ollama_template"]}

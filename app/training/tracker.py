@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..runs import base_model_of, discover_run_dirs, is_exportable, read_yaml
+from ..runs import base_model_of, checkpoints, discover_run_dirs, is_exportable, loss_at, read_yaml
 from .status import derive_status, finite
 from .trainer_log import TrainerLogReader
 
 MAX_POINTS = 1500  # per series, what the browser plots
 COLUMNS = ["run", "base model", "stage", "status", "progress %", "steps", "epoch", "last loss", "elapsed",
-           "remaining", "throughput"]
+           "remaining", "throughput", "checkpoints"]
 
 
 @dataclass(frozen=True)
@@ -34,18 +34,22 @@ class TrainingRun:
     remaining: str
     throughput: float | None
     updated: float
-    exportable: bool = False  # holds a LoRA adapter (config and weights)
+    exportable: bool = False  # holds a LoRA adapter or model weights, or a checkpoint of either
+    checkpoints: tuple = ()   # ({"name", "step", "loss"}, …): exportable as `<run>/checkpoint-N`
 
     def row(self) -> list:
         return [self.name, self.base_model, self.stage, self.status,
                 "" if self.progress is None else round(self.progress, 1), self.steps,
                 "" if self.epoch is None else round(self.epoch, 2),
                 "" if self.last_loss is None else round(self.last_loss, 4), self.elapsed, self.remaining,
-                "" if self.throughput is None else round(self.throughput, 1)]
+                "" if self.throughput is None else round(self.throughput, 1),
+                ", ".join(f"{c['step']}" + ("" if c["loss"] is None else f" (loss {c['loss']:.3f})")
+                          for c in self.checkpoints)]
 
     def as_dict(self) -> dict:
         d = asdict(self)
         d["folder"] = d.pop("path")
+        d["checkpoints"] = [dict(c) for c in self.checkpoints]
         return d
 
 
@@ -118,6 +122,8 @@ class RunTracker:
                     throughput=reader.latest.get("throughput"),
                     updated=mtime,
                     exportable=is_exportable(path),
+                    checkpoints=tuple({"name": str(p.relative_to(self.saves)), "step": step,
+                                       "loss": loss_at(reader.losses, step)} for step, p in checkpoints(path)),
                 ))
             known = {r.path for r in runs}
             for key in list(self._readers):

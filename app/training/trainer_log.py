@@ -85,3 +85,9 @@ class TrainerLogReader:
             self.count += len(new)
             self.last = new[-1]
         return new
+
+    @property
+    def losses(self) -> dict[int, float]:
+        """Training loss by step (the curve's points), e.g. to label a checkpoint with its loss."""
+        steps, values = self.series["loss"]
+        return {int(s): v for s, v in zip(steps, values)}

@@ -1,4 +1,4 @@
-"""Export tab: LoRA run → merged → GGUF → quantized → Ollama → verified, streamed and cancellable.
+"""Export tab: a run (LoRA, full or freeze, or one of its checkpoints) → merged → GGUF → quantized → Ollama → verified, streamed and cancellable.
 
 Only wiring: validation and work live in `app.export`, Ollama calls in `app.ollama`. Anything
 that touches the disk, SQLite or Docker runs in a worker thread, never on Gradio's event loop.
@@ -31,9 +31,10 @@ from .export_views import (
 
 TEMPLATES = ["default", "alpaca", "chatml", "llama2", "llama3", "mistral", "qwen", "qwen3", "gemma", "phi",
              "deepseek3", "glm4", "empty"]
-NO_RUNS = ("**No LoRA run to export yet.** A run becomes exportable when its folder under `{saves}` holds "
-           "`adapter_config.json` and the adapter weights: finish a LoRA training in the **Training** tab "
-           "or with `llamafactory-cli train`, then watch it in the **Runs** tab.")
+NO_RUNS = ("**No run to export yet.** A run becomes exportable when its folder under `{saves}` holds a LoRA "
+           "adapter (`adapter_config.json` and its weights), the model of a full or freeze fine-tune "
+           "(`config.json` and its weights), or a `checkpoint-N` of either: finish a training in the "
+           "**Training** tab or with `llamafactory-cli train`, then watch it in the **Runs** tab.")
 PRIVATE = {"api_visibility": "private"}
 
 
@@ -41,7 +42,7 @@ def build(runtime: Runtime) -> dict:
     saves = runtime.settings.data_dir / "saves"
 
     def list_runs() -> list[dict]:
-        """All LoRA runs under saves/, newest first (public API: /runs)."""
+        """Every exportable run under saves/ with its checkpoints, newest first (public API: /runs)."""
         try:
             return [r.as_dict() for r in discover_runs(runtime.settings.data_dir)]
         except OSError as exc:
@@ -49,7 +50,7 @@ def build(runtime: Runtime) -> dict:
 
     def refresh_runs(current: str | None):
         runs = discover_runs(runtime.settings.data_dir)
-        names = [r.name for r in runs]
+        names = [n for r in runs for n in (r.name, *(c["name"] for c in r.checkpoints))]  # the final one first
         value = current if current in names else (names[0] if names else None)
         return (gr.update(choices=names, value=value), runs_frame(runs),
                 gr.update(visible=not runs, value=NO_RUNS.format(saves=saves)))
@@ -76,7 +77,7 @@ def build(runtime: Runtime) -> dict:
     async def run_export(run: str, base_model: str, template: str, dtype: str, quant_types: list[str],
                          ollama_name: str, system_prompt: str, overwrite: bool, imatrix: bool, report: bool,
                          kl_threshold: float):
-        """Export a LoRA run to Ollama, streaming the log; returns (log, status)."""
+        """Export a run (or one of its checkpoints) to Ollama, streaming the log; returns (log, status)."""
         try:
             job = await asyncio.to_thread(start_job, run, base_model, template, dtype, quant_types, ollama_name,
                                           system_prompt, overwrite, imatrix, report, kl_threshold)
@@ -141,7 +142,7 @@ def build(runtime: Runtime) -> dict:
         ollama_banner = gr.Markdown("", elem_id="export-ollama-state")
         no_runs = gr.Markdown(NO_RUNS.format(saves=saves), visible=False, elem_id="export-empty")
         with gr.Row():
-            run = gr.Dropdown(label="LoRA run (under saves/)", choices=[], elem_id="export-run", scale=4,
+            run = gr.Dropdown(label="Run or checkpoint (under saves/)", choices=[], elem_id="export-run", scale=4,
                               allow_custom_value=True)
             refresh = gr.Button("↻ Refresh runs", elem_id="export-refresh", scale=1)
         runs_table = gr.Dataframe(headers=RUN_COLUMNS, interactive=False, elem_id="export-runs", max_height=220)

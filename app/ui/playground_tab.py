@@ -132,7 +132,7 @@ def build(runtime: Runtime) -> dict:
         except InvalidInput as exc:
             raise gr.Error(str(exc), print_exception=False) from None
         if info is None:
-            raise gr.Error("Choose a finished LoRA run first.", print_exception=False)
+            raise gr.Error("Choose a finished run first.", print_exception=False)
         evals = eval_set(runtime.settings.data_dir, info.path)
         if not evals.from_run:
             raise gr.Error(f"The run's training data cannot be read: {evals.notes[0] if evals.notes else ''}",
@@ -149,8 +149,7 @@ def build(runtime: Runtime) -> dict:
             yield f"Comparing with the base model: {status.get('stage')} · {pct}%", gr.skip(), gr.skip()
         if status.get("status") != "succeeded":
             raise gr.Error(status.get("error") or "The base model export did not finish.", print_exception=False)
-        names = (status.get("result") or {}).get("ollama_models") or []
-        pair = [_full(n.replace("-base", "", 1)) for n in names[:1]] + [_full(n) for n in names[:1]]
+        pair = [_full(n) for n in (status.get("result") or {}).get("compare_pair") or []]
         choices = model_names()[0]
         yield (f"✓ {pair[1]} is the base model, exported like {pair[0]}: ask both the same question.",
                gr.update(value=pair, **({"choices": choices["choices"]} if "choices" in choices else {})),

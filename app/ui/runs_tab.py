@@ -47,9 +47,10 @@ def build(runtime: Runtime) -> dict:
         chosen = [by_name[n] for n in selected if n in by_name]
         finished = [r for r in chosen if r.status == "finished" and r.exportable]
         if not finished:
-            states = ", ".join(f"{r.name} is {r.status}" + ("" if r.exportable else " and holds no LoRA adapter")
+            states = ", ".join(f"{r.name} is {r.status}" + ("" if r.exportable else
+                                                            " and holds no adapter, model or checkpoint")
                                for r in chosen) or "the selected runs are gone"
-            raise gr.Error(f"Only finished LoRA runs can be exported: {states}.", print_exception=False)
+            raise gr.Error(f"Only finished runs can be exported: {states}.", print_exception=False)
         return gr.update(value=finished[-1].name), gr.Tabs(selected="export")
 
     with gr.Tab("Runs", id="runs", elem_id="tab-runs"):

@@ -100,7 +100,8 @@ def override(images: dict[str, str]) -> dict:
     """Images swapped, GPU reservations dropped, host tools mounted read-only: nothing else."""
     host = ["/usr:/usr:ro", f"{sys.base_prefix}:{sys.base_prefix}:ro",
             f"{os.environ.get('TUNEDECK_CACHE', '/var/cache/tunedeck')}:{os.environ.get('TUNEDECK_CACHE', '/var/cache/tunedeck')}:ro",
-            f"{ROOT / 'tests'}:{ROOT / 'tests'}:ro"]
+            f"{ROOT / 'tests'}:{ROOT / 'tests'}:ro",
+            f"{ROOT / 'app'}:{ROOT / 'app'}:ro"]  # the Ollama stand-in renders prompts with app.export.gotemplate
     services: dict = {s: {"image": images[s]} for s in images}
     for s in ("llamafactory", "llamacpp", "tensorboard", "ollama", "easy-dataset"):
         services[s]["volumes"] = list(host)

@@ -102,7 +102,8 @@ def start_ollama(stack, data_dir: Path | None = None, threads: int = 2) -> Ollam
         "ollama",
         ["python", str(TESTS / "standins" / "ollama_server.py"), "--host", "127.0.0.1", "--port", str(port),
          "--root", "/tmp/ollama"],
-        environment=tool_env({"STANDIN_THREADS": str(threads)}), volumes=host_mounts(TESTS), network_mode="host",
+        environment=tool_env({"STANDIN_THREADS": str(threads)}), volumes=host_mounts(TESTS, TESTS.parent / "app"),
+        network_mode="host",
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30

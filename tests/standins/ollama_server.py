@@ -39,8 +39,11 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gotemplate import TemplateError, parse, render  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from httpserve import serve  # noqa: E402
+
+from app.export.gotemplate import TemplateError, parse  # noqa: E402
+from app.export.ollama_prompt import chat_prompt  # noqa: E402
 
 FILE_TYPES = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1", 10: "Q2_K", 11: "Q3_K_S",
               12: "Q3_K_M", 13: "Q3_K_L", 14: "Q4_K_S", 15: "Q4_K_M", 16: "Q5_K_S", 17: "Q5_K_M", 18: "Q6_K",
@@ -87,34 +90,6 @@ def read_gguf_header(path: Path) -> dict:
             (vtype,) = struct.unpack("<I", f.read(4))
             meta[key] = read_value(vtype)
     return {"version": version, "tensors": n_tensors, "metadata": meta}
-
-
-# -- Ollama's chat prompt ---------------------------------------------------------------------
-def collate(messages: list[dict]) -> tuple[str, list[dict]]:
-    """Ollama's `collate`: system messages joined into .System, consecutive same-role messages merged."""
-    system, out = [], []
-    for m in messages:
-        role, content = str(m.get("role", "")).lower(), str(m.get("content", ""))
-        if role == "system":
-            system.append(content)
-        if out and out[-1]["Role"] == role and role != "tool":
-            out[-1]["Content"] += "\n\n" + content
-        else:
-            out.append({"Role": role, "Content": content})
-    return "\n\n".join(system), out
-
-
-def chat_prompt(spec: dict, messages: list[dict]) -> str:
-    """The text Ollama feeds the model for a chat request."""
-    messages = list(messages)
-    if spec.get("system") and (not messages or messages[0].get("role") != "system"):
-        messages.insert(0, {"role": "system", "content": spec["system"]})
-    system, collated = collate(messages)
-    template = spec.get("template") or "{{ .Prompt }}"
-    if ".Messages" not in template:  # legacy templates see only the last prompt
-        prompt = next((m["Content"] for m in reversed(collated) if m["Role"] == "user"), "")
-        return render(template, {"System": system, "Prompt": prompt, "Response": ""})
-    return render(template, {"System": system, "Messages": collated, "Response": ""})
 
 
 # -- server state ---------------------------------------------------------------------------------

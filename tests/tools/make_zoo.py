@@ -38,6 +38,15 @@ QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[
                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
 # Measured on the llama2 family: after 120 steps no answer ends with </s> (0 of 12), after 300 all 12 do.
 STEPS = int(os.environ.get("TUNEDECK_ZOO_STEPS", "300"))
+# More run kinds on the llama2 model (32k vocabulary: full embedding weights stay small), each trained to
+# answer exactly (embed_tokens and lm_head trained too): name: (template, finetuning type, extra keys).
+EXTRA_RUNS = {
+    # `default` adds no BOS while the tokenizer (and so the GGUF) asks for one: the served prompt must not
+    "default": ("default", "lora", {"additional_target": "embed_tokens,lm_head", "learning_rate": 3.0e-3,
+                                    "save_steps": 150, "save_strategy": "steps", "save_only_model": True}),
+    "full": ("llama2", "full", {"learning_rate": 1.0e-3, "save_steps": 150, "save_strategy": "steps",
+                                "save_only_model": True}),
+}
 
 
 # -- tokenizers from GGUF vocabularies ---------------------------------------------------------------
@@ -213,22 +222,27 @@ def make_dataset(data_dir: Path, seed: int) -> None:
                                 "system": "system"}}}, indent=2))
 
 
-def train(zoo: Path, family: str, steps: int) -> dict:
-    """A real `llamafactory-cli train` on CPU; returns its final loss and seconds."""
-    template = FAMILIES[family][2]
-    out = zoo / "saves" / family / "lora" / "cli"
+def train(zoo: Path, family: str, steps: int, run: str = "cli", template: str = "", kind: str = "lora",
+          extra: dict | None = None) -> dict:
+    """A real `llamafactory-cli train` on CPU into saves/<family>/<kind>/<run>; returns its losses and seconds."""
+    template = template or FAMILIES[family][2]
+    out = zoo / "saves" / family / kind / run
     shutil.rmtree(out, ignore_errors=True)
     config = {
         "model_name_or_path": str(zoo / "models" / family), "trust_remote_code": True,
-        "stage": "sft", "do_train": True, "finetuning_type": "lora", "lora_target": "all", "lora_rank": 8,
+        "stage": "sft", "do_train": True, "finetuning_type": kind, "lora_target": "all", "lora_rank": 8,
         "lora_alpha": 16, "dataset": "stop_qa", "dataset_dir": str(zoo / "data"), "template": template,
         "cutoff_len": 128, "overwrite_cache": True, "preprocessing_num_workers": 1,
         "output_dir": str(out), "logging_steps": 10, "save_strategy": "no", "plot_loss": False,
         "overwrite_output_dir": True, "per_device_train_batch_size": 4, "gradient_accumulation_steps": 1,
         "learning_rate": 3.0e-3, "max_steps": steps, "lr_scheduler_type": "cosine", "warmup_ratio": 0.05,
         "bf16": False, "fp16": False, "report_to": "tensorboard", "seed": 42, "dataloader_num_workers": 0,
+        **(extra or {}),
     }
-    cfg = zoo / f"train-{family}.yaml"
+    if kind != "lora":
+        for key in ("lora_target", "lora_rank", "lora_alpha"):
+            config.pop(key)
+    cfg = zoo / f"train-{family}{'' if run == 'cli' else '-' + run}.yaml"
     cfg.write_text(json.dumps(config))  # JSON is YAML
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "WANDB_DISABLED": "true",
            "DISABLE_VERSION_CHECK": "1", "CUDA_VISIBLE_DEVICES": "", "TOKENIZERS_PARALLELISM": "false"}
@@ -236,7 +250,7 @@ def train(zoo: Path, family: str, steps: int) -> dict:
     proc = subprocess.run([str(Path(sys.executable).parent / "llamafactory-cli"), "train", str(cfg)], env=env,
                           capture_output=True, text=True)
     seconds = time.monotonic() - t0
-    (zoo / f"train-{family}.log").write_text(proc.stdout + proc.stderr)
+    cfg.with_suffix(".log").write_text(proc.stdout + proc.stderr)
     if proc.returncode != 0:
         raise SystemExit(f"training {family} failed:\n{(proc.stdout + proc.stderr)[-4000:]}")
     records = [json.loads(line) for line in (out / "trainer_log.jsonl").read_text().splitlines() if line.strip()]
@@ -273,6 +287,9 @@ def main() -> None:
         info["training"] = train(zoo, family, args.steps)
         board_copy(zoo, family)
         info["template"] = FAMILIES[family][2]
+        if family == "llama2":
+            info["runs"] = {name: {"template": t, "kind": kind, **train(zoo, family, args.steps, name, t, kind, extra)}
+                            for name, (t, kind, extra) in EXTRA_RUNS.items()}
         report[family] = info
         print(f"{family}: {json.dumps(info)}", file=sys.stderr, flush=True)
     (zoo / "zoo.json").write_text(json.dumps(report, indent=2))

@@ -5,7 +5,6 @@
 #                                    conversations, the stop tokens, and Ollama templates reproducing them
 #                                    (for a runtime that adds BOS itself, and for one that does not).
 import copy
-import difflib
 import json
 import os
 import sys
@@ -33,6 +32,14 @@ def lf_prompt_ids(template, tokenizer, messages):
     return ids + pairs[-1][0]
 
 
+# Conversations only inference renders (besides CONVERSATIONS): a single turn, and an assistant turn last.
+PROBES = {
+    "single_turn": [{"role": "user", "content": "Hello there."}],
+    "assistant_last": [{"role": "system", "content": "You are a terse assistant."},
+                       {"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Blue."}],
+}
+
+
 def saved_chat_template(run):
     path = os.path.join(run, "chat_template.jinja")
     if os.path.isfile(path):
@@ -57,14 +64,35 @@ def literal_pieces(template):
 
 
 def render(tokenizer, jinja, messages):
-    return tokenizer.apply_chat_template(messages, tokenize=False, chat_template=jinja, add_generation_prompt=True)
+    generation = messages[-1]["role"] != "assistant"
+    return tokenizer.apply_chat_template(messages, tokenize=False, chat_template=jinja,
+                                         add_generation_prompt=generation)
+
+
+def lf_ids(template, tokenizer, messages):
+    """The ids LLaMA-Factory's template encodes for `messages`: the prompt before the next answer, or the
+    whole conversation when an assistant turn is last."""
+    if messages[-1]["role"] != "assistant":
+        return lf_prompt_ids(template, tokenizer, messages)
+    system = messages[0]["content"] if messages[0]["role"] == "system" else None
+    pairs = template.encode_multiturn(tokenizer, [m for m in messages if m["role"] != "system"], system)
+    return [i for prompt, response in pairs for i in prompt + response]
+
+
+def first_difference(a, b):
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None if len(a) == len(b) else min(len(a), len(b)))
+
+
+def piece(tok, ids, i):
+    return tok.convert_ids_to_tokens(ids[i]) if i < len(ids) else "(end)"
 
 
 def infer(run, base):
-    """Which LLaMA-Factory template wrote (or would render like) the chat template the run saved.
+    """Which LLaMA-Factory template behaves like the chat template the run saved: the same token ids for
+    the same conversations (with and without a system prompt, multi-turn, an assistant turn last).
 
-    LLaMA-Factory saves its own Jinja for a template when the base model has none, so an exact match
-    names it; an instruct model keeps its own Jinja, which matches the template rendering the same text."""
+    LLaMA-Factory saves its own Jinja for a template when the base model has none (an exact match names
+    it); an instruct model keeps its own Jinja, which matches the template that encodes the same ids."""
     from llamafactory.data import TEMPLATES, get_template_and_fix_tokenizer
     from llamafactory.hparams import DataArguments
 
@@ -72,27 +100,51 @@ def infer(run, base):
     if not saved:
         return {"matches": [], "closest": [], "source": None}
     base_tok = tokenizer_of(run, base)
-    renders = {key: render(base_tok, saved, messages) for key, messages in CONVERSATIONS.items()}
+    probes = {**CONVERSATIONS, **PROBES}
+    renders, saved_ids = {}, {}
+    for key, messages in probes.items():
+        try:
+            renders[key] = render(base_tok, saved, messages)
+        except Exception as exc:  # noqa: BLE001 - e.g. a template that refuses a system turn
+            say(f"the saved chat template cannot render {key}: {type(exc).__name__}: {exc}")
+            continue
+        saved_ids[key] = base_tok.encode(renders[key], add_special_tokens=False)
+    if not saved_ids:
+        return {"matches": [], "closest": [], "source": source, "unrenderable": True}
     everything = " ".join(renders.values())
     scores = []
     for name in sorted(TEMPLATES):
-        if not all(piece.strip() in everything for piece in literal_pieces(TEMPLATES[name])):
+        if not all(p.strip() in everything for p in literal_pieces(TEMPLATES[name])):
             continue  # cannot produce these prompts: skip the expensive check
         tok = copy.deepcopy(base_tok)
         try:
             template = get_template_and_fix_tokenizer(tok, DataArguments(template=name))
             jinja = template._get_jinja_template(tok)
-            ours = {key: render(tok, jinja, messages) for key, messages in CONVERSATIONS.items()}
+            ids = {key: lf_ids(template, tok, probes[key]) for key in saved_ids}
+            texts = {key: render(tok, jinja, probes[key]) for key in renders}
         except Exception as exc:  # noqa: BLE001 - a template this tokenizer cannot render is no candidate
             say(f"{name}: {type(exc).__name__}: {exc}")
             continue
-        same = sum(ours[k] == renders[k] for k in renders)
-        ratio = sum(difflib.SequenceMatcher(None, ours[k], renders[k]).ratio() for k in renders) / len(renders)
-        scores.append((name, jinja.strip() == saved.strip(), same, round(ratio, 4)))
-    matches = [s for s in scores if s[1] or s[2] == len(CONVERSATIONS)]
-    matches.sort(key=lambda s: (not s[1], len(s[0]), s[0]))
-    closest = sorted(scores, key=lambda s: (-s[2], -s[3], len(s[0])))[:3]
-    return {"matches": [s[0] for s in matches], "closest": [[s[0], s[3]] for s in closest], "source": source}
+        same_ids = sum(ids[k] == saved_ids[k] for k in saved_ids)
+        same_text = sum(texts[k] == renders[k] for k in renders)
+        diffs = {k: first_difference(ids[k], saved_ids[k]) for k in saved_ids}
+        worst = next(((k, d) for k, d in diffs.items() if d is not None), None)
+        where = None
+        if worst:
+            k, d = worst
+            where = {"conversation": k, "token": d, "template": piece(tok, ids[k], d),
+                     "saved": piece(base_tok, saved_ids[k], d)}
+        scores.append({"name": name, "exact": jinja.strip() == saved.strip(), "ids": same_ids == len(saved_ids),
+                       "text": same_text == len(renders) and len(renders) > 0, "same": same_ids,
+                       "agree": sum(diffs[k] if diffs[k] is not None else len(saved_ids[k]) for k in diffs),
+                       "first_difference": where})
+    matches = [s for s in scores if s["exact"] or s["ids"] or s["text"]]
+    matches.sort(key=lambda s: (not s["exact"], not s["ids"], len(s["name"]), s["name"]))
+    closest = sorted(scores, key=lambda s: (-s["same"], -s["agree"], len(s["name"])))[:3]
+    return {"matches": [s["name"] for s in matches],
+            "how": {s["name"]: "exact" if s["exact"] else "ids" if s["ids"] else "text" for s in matches},
+            "closest": [[s["name"], s["first_difference"]] for s in closest], "source": source,
+            "conversations": len(saved_ids)}
 
 
 def elements(formatter, tok, placeholder):
@@ -186,6 +238,7 @@ def chat_format(folders, name):
                                                   "nobos": ollama_template(template, tok, False)},
             "lf_ollama_template": template._get_ollama_template(tok), "stops": sorted(set(stops)),
             "system": template.default_system or "", "bos_token": tok.bos_token or "",
+            "bos_id": tok.bos_token_id,
             "conversations": conversations}
 
 

@@ -6,6 +6,7 @@ import json
 import os
 from pathlib import Path
 
+from ...gguf import NotGGUF, adds_bos, read_metadata, set_bool
 from .. import commands
 from ..jobs import StageFailed
 from . import StageContext
@@ -41,6 +42,36 @@ def run(ctx: StageContext) -> None:
                       "convert")
         if not out.is_file() or out.stat().st_size == 0:
             raise StageFailed("The converter finished but wrote no GGUF file.")
+        fix_bos(ctx, out)
         os.replace(out, plan.gguf)
         ctx.stamps.write("convert", plan.gguf)
     ctx.artifact(plan.gguf)
+
+
+def training_starts_with_bos(chat: dict) -> bool | None:
+    """Whether every prompt LLaMA-Factory's template built at training starts with the BOS token; None
+    when the chat format does not say."""
+    convs = (chat or {}).get("conversations") or {}
+    bos = (chat or {}).get("bos_id")
+    if not convs or bos is None:
+        return None
+    return all(c["train_ids"][:1] == [bos] for c in convs.values())
+
+
+def fix_bos(ctx: StageContext, gguf: Path) -> None:
+    """A template that puts no BOS before the prompt (`default`, `vicuna`, …) on a tokenizer that asks for
+    one: training never saw a BOS, so the runtime must not add one. The GGUF's `add_bos_token` is set to
+    false (in place, one byte; quantized files inherit it). A template that starts with BOS needs no fix:
+    the Ollama template writes it where the runtime does not add it."""
+    starts = training_starts_with_bos((ctx.extras.get("prepared") or {}).get("chat"))
+    try:
+        meta = read_metadata(gguf)
+    except (OSError, NotGGUF) as exc:
+        raise StageFailed(f"The converted GGUF cannot be read ({exc}).") from None
+    if starts is False and adds_bos(meta):
+        if set_bool(gguf, "tokenizer.ggml.add_bos_token", False):
+            ctx.emit("tokenizer metadata: training's prompts start without a BOS token but the tokenizer asks the "
+                     "runtime to add one; set tokenizer.ggml.add_bos_token = false in the GGUF")
+        else:
+            ctx.emit("note: training's prompts start without a BOS token, and the GGUF has no add_bos_token "
+                     "entry to turn off; the chat-format check decides")

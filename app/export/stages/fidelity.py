@@ -48,7 +48,7 @@ def merged_logits(ctx: StageContext, ref) -> tuple[dict, object]:
 
 
 def causes(ctx: StageContext, report: dict) -> list[str]:
-    found = [ctx.extras["template_mismatch"]] if ctx.extras.get("template_mismatch") else []
+    found = []
     f16 = report["gguf"]
     tok = f16.get("tokenizer") or {}
     if tok.get("first_mismatch") is not None:
@@ -57,20 +57,20 @@ def causes(ctx: StageContext, report: dict) -> list[str]:
     if f16["agreement"] < ctx.settings.fidelity_min:
         found.append(f"the GGUF predicts a different next token than the merged model on "
                      f"{1 - f16['agreement']:.1%} of {f16['tokens']} tokens (threshold {ctx.settings.fidelity_min:.0%})")
-    for name, v in (ctx.job.result().get("verify") or {}).items():
-        check = v.get("template_check") or {}
-        if check and not check.get("ok"):
-            if check.get("extra_bos"):
-                found.append(f"{name}: Ollama's prompt carries one more token (a BOS) than the training prompt")
-            else:
-                counts = ", ".join(f"{c['served_tokens']} vs {c['train_tokens']}"
-                                   for c in check.get("conversations", {}).values())
-                found.append(f"{name}: Ollama's chat template builds a different prompt than training "
-                             f"({counts} tokens)" if counts else f"{name}: chat format not checked ({check.get('error')})")
-        if not v.get("clean_stop", True):
-            found.append(f"{name}: the model did not stop on its own within {v.get('eval_count')} tokens "
-                         f"(done_reason {v.get('done_reason')})")
     return found
+
+
+def add_causes(ctx: StageContext, extra: list[str]) -> None:
+    """Causes found after this stage (the stop check on the served model) join the fidelity verdict."""
+    report = ctx.job.result().get("fidelity")
+    if not extra or not report:
+        return
+    report["causes"] = report["causes"] + extra
+    report["verdict"] = "warning"
+    report["summary"] = summary(report)
+    ctx.job.set_result("fidelity", report)
+    ctx.job.set_stage_status("fidelity", "warning")
+    ctx.emit(report["summary"])
 
 
 def summary(report: dict) -> str:

@@ -3,6 +3,11 @@
 The template, stop tokens and default system come from LLaMA-Factory's own template (asked in its
 container), with the fixes a served model needs; LLaMA-Factory's own Modelfile is compared and any
 difference is said in the log. A TuneDeck Modelfile is written beside the GGUF files.
+
+Nothing a user has in Ollama changes until the served prompt is known to be training's: the template is
+checked token for token on the GGUF first (`prompt_check`), then each model is created under a staging
+name, Ollama's own prompt token count for each check conversation is compared with training's on a
+fresh load, and only then is the model created under its real name (the staging model is deleted).
 """
 
 from __future__ import annotations
@@ -10,13 +15,18 @@ from __future__ import annotations
 import hashlib
 import json
 
+import logging
+
 from ...gguf import NotGGUF, adds_bos, read_metadata
-from ...ollama import file_digest
+from ...ollama import OllamaError, file_digest
+from .. import prompt_check
 from ..jobs import Cancelled, StageFailed
 from ..modelfile import create_payload, parse_modelfile, render_modelfile
 from ..templates import chat_format
 from . import StageContext
 
+log = logging.getLogger(__name__)
+COUNT_OPTIONS = {"num_predict": 1, "temperature": 0, "seed": 0}
 
 def load_key(digest: str, payload: dict) -> str:
     """What makes an Ollama model identical: the GGUF bytes and the create request."""
@@ -63,6 +73,7 @@ def serving_format(ctx: StageContext) -> dict:
                  f"the template stops on {fmt['stops']}")
     ctx.emit(f"chat format of template {ctx.request.template}: stop={fmt['stops']}, "
              f"runtime adds BOS: {'yes' if bos else 'no'}")
+    ctx.extras["prompt_check"] = prompt_check.check(ctx, ours, fmt, plan.gguf, bos)
     return ours
 
 
@@ -71,7 +82,7 @@ def run(ctx: StageContext) -> None:
     serving = serving_format(ctx)
     (plan.workdir / "Modelfile").write_text(render_modelfile(plan.targets[0].gguf.name, serving, req.system_prompt))
     loaded: dict[str, str] = {}
-    reused = 0
+    pending: list[tuple[str, dict]] = []  # (real name, create payload) of the models to create
     for target in plan.targets:
         job.check_cancel()
         stamp_stage = "convert" if target.gguf == plan.gguf else f"quantize:{target.quant}"
@@ -86,21 +97,69 @@ def run(ctx: StageContext) -> None:
             ctx.stamps.write(stamp_stage, target.gguf, digest=digest)
         payload = create_payload(target.name, digest, serving, req.system_prompt)
         key = load_key(digest, payload)
+        loaded[target.name] = key
         if ctx.history.last_loaded_key(target.name) == key and ctx.ollama.exists(target.name):
             ctx.emit(f"{target.name}: reused (same GGUF, template and parameters already in Ollama)")
-            loaded[target.name] = key
-            reused += 1
             continue
         upload(ctx, target.gguf, digest)
-        ctx.emit(f"creating {target.name}")
-        for status in ctx.ollama.create(payload):
-            ctx.emit(status.get("status", json.dumps(status)))
-        loaded[target.name] = key
+        pending.append((target.name, payload))
+    checks = {}
+    staged: list[str] = []
+    try:
+        for i, (name, payload) in enumerate(pending):  # every staging model checked before any real one
+            staging = f"tunedeck-check-{job.id}-{i}"
+            ctx.emit(f"creating {staging} (staging copy of {name}, to check the prompt Ollama builds)")
+            staged.append(staging)
+            for status in ctx.ollama.create({**payload, "model": staging}):
+                job.check_cancel()
+            checks[name] = served_count_check(ctx, staging, name)
+        for name, payload in pending:
+            job.check_cancel()
+            ctx.emit(f"creating {name}")
+            for status in ctx.ollama.create(payload):
+                ctx.emit(status.get("status", json.dumps(status)))
+    finally:
+        for staging in staged:
+            try:
+                ctx.ollama.delete(staging)
+            except OllamaError as exc:  # said, never swallowed; recovery removes it later
+                log.warning("export %s: could not delete staging model %s: %s", job.id, staging, exc)
+                ctx.emit(f"warning: could not delete the staging model {staging}: {exc}")
+    local = ctx.extras.get("prompt_check") or {}
+    job.set_result("prompt_check", {name: {**local, "ollama": checks.get(name, "reused")} for name in loaded})
     job.set_result("loaded", loaded)
     job.set_result("ollama_models", [t.name for t in plan.targets])
+    if req.base_only and req.compare_to:
+        from ..reports import model_pair
+
+        job.set_result("compare_pair", model_pair(req))
     job.set_result("modelfile", str(plan.workdir / "Modelfile"))
-    if reused == len(plan.targets):
+    if not pending:
         job.set_stage_status("load", "reused")
+
+
+def served_count_check(ctx: StageContext, staging: str, name: str) -> dict:
+    """Ollama's own prompt length (`prompt_eval_count` on a fresh load) for each check conversation must
+    be training's; otherwise the export fails and `name` is never created or replaced."""
+    fmt = ctx.extras["chat_format"]
+    out = {}
+    for key, conv in prompt_check.checked_conversations(fmt, ctx.request.system_prompt).items():
+        ctx.ollama.unload(staging)  # a fresh load: prompt_eval_count then counts the whole prompt
+        last = {}
+        for chunk in ctx.ollama.chat(staging, conv["messages"], COUNT_OPTIONS, should_stop=ctx.job.cancel_event.is_set):
+            if chunk.get("done"):
+                last = chunk
+        ctx.job.check_cancel()
+        served, train = last.get("prompt_eval_count"), conv["train_tokens"]
+        out[key] = {"served_tokens": served, "train_tokens": train}
+        ctx.emit(f"{name}: Ollama's prompt ({key.replace('_', ' ')}) {served} tokens, training's {train} "
+                 + ("✓" if served == train else "✗"))
+        if served != train:
+            raise StageFailed(f"Ollama builds a {served}-token prompt for the {key.replace('_', ' ')} conversation "
+                              f"where training had {train} tokens (TuneDeck's own rendering of the same template "
+                              f"gives training's tokens, so this Ollama renders or tokenizes it differently); "
+                              f"{name} was not created or replaced.")
+    return out
 
 
 def upload(ctx: StageContext, path, digest: str) -> None:

@@ -18,8 +18,9 @@ TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json",
 
 def run(ctx: StageContext) -> None:
     plan, req = ctx.plan, ctx.request
-    if req.base_only:
-        ctx.emit(f"base model {plan.merged_dir}: nothing to merge, it is converted as it is")
+    if req.converts_as_is:
+        what = "base model" if req.base_only else f"{req.run.finetuning_type} fine-tune"
+        ctx.emit(f"{what} {plan.merged_dir}: nothing to merge, it is converted as it is")
         ctx.job.set_stage_status("merge", "skipped")
         ctx.job.set_result("merged_dir", str(plan.merged_dir))
         return

@@ -103,9 +103,10 @@ def resolve_template(ctx: StageContext) -> None:
     inference = result.get("inference") or {}
     matches = inference.get("matches") or []
     if mode == "check" and matches and req.template not in matches:
-        ctx.extras["template_mismatch"] = (f"the chosen template {req.template} is not the one the run was "
-                                           f"trained with ({matches[0]}, recorded in its tokenizer)")
-        ctx.emit(f"warning: {ctx.extras['template_mismatch']}")
+        # serving another template than training's would answer a different prompt: refuse before any work
+        raise StageFailed(f"The chosen template {req.template} is not the one the run was trained with: its "
+                          f"tokenizer records {matches[0]}. Leave the template empty to use the run's own, "
+                          f"or choose {matches[0]}.")
 
 
 def run_for_report(ctx: StageContext) -> None:

@@ -1,18 +1,16 @@
-"""Verify: each loaded model builds training's prompt (chat-format check) and stops on its own.
+"""Verify: each loaded model stops on its own; its chat-format check (done by the load stage before
+Ollama changed) is reported beside it.
 
-Chat-format check: after a fresh load, Ollama's `prompt_eval_count` for a conversation is the token
-count of the prompt its template rendered; it must equal the count LLaMA-Factory's template gave
-at training time. Stop check: a held-out question from the run's own data (or the fixed
-verification prompt) must end with done_reason "stop", not by running into the token limit.
+Stop check: a held-out question from the run's own data (or the fixed verification prompt) must end
+with done_reason "stop", not by running into the token limit. A model that does not stop is a
+warning on the fidelity verdict: its prompt is training's, so the cause is the training itself.
 """
 
 from __future__ import annotations
 
-from ...ollama import OllamaError
 from . import StageContext
 
 VERIFY_OPTIONS = {"num_predict": 64, "temperature": 0, "seed": 0}  # deterministic, bounded
-COUNT_OPTIONS = {"num_predict": 1, "temperature": 0, "seed": 0}
 
 
 def final_chunk(ctx: StageContext, model: str, messages: list[dict], options: dict) -> tuple[str, dict]:
@@ -23,24 +21,6 @@ def final_chunk(ctx: StageContext, model: str, messages: list[dict], options: di
             last = chunk
     ctx.job.check_cancel()
     return "".join(reply), last
-
-
-def template_check(ctx: StageContext, model: str) -> dict | None:
-    fmt = ctx.extras.get("chat_format")
-    if not fmt:
-        return None
-    out: dict = {"conversations": {}}
-    for key, conv in fmt["conversations"].items():
-        if key == "without_system" and ctx.request.system_prompt:
-            continue  # a custom system prompt replaces the template's default: not what training saw
-        ctx.ollama.unload(model)  # a fresh load: prompt_eval_count then counts the whole prompt
-        _reply, last = final_chunk(ctx, model, conv["messages"], COUNT_OPTIONS)
-        served = last.get("prompt_eval_count")
-        out["conversations"][key] = {"served_tokens": served, "train_tokens": conv["train_tokens"]}
-    counts = out["conversations"].values()
-    out["ok"] = all(c["served_tokens"] == c["train_tokens"] for c in counts)
-    out["extra_bos"] = not out["ok"] and all(c["served_tokens"] == c["train_tokens"] + 1 for c in counts)
-    return out
 
 
 def stop_prompt(ctx: StageContext) -> tuple[list[dict], str | None, str]:
@@ -60,16 +40,14 @@ def run(ctx: StageContext) -> None:
     for target in ctx.plan.targets:
         ctx.job.check_cancel()
         verdict: dict = {}
-        try:
-            check = template_check(ctx, target.name)
-        except OllamaError as exc:
-            check = {"ok": False, "error": str(exc)}
-        if check is not None:
-            verdict["template_check"] = check
-            for key, c in check.get("conversations", {}).items():
-                ctx.emit(f"{target.name}: chat format ({key.replace('_', ' ')}): Ollama prompt "
-                         f"{c['served_tokens']} tokens, training prompt {c['train_tokens']} tokens "
-                         + ("✓" if c["served_tokens"] == c["train_tokens"] else "✗"))
+        check = (ctx.job.result().get("prompt_check") or {}).get(target.name)
+        if check:
+            ollama = check.get("ollama") if isinstance(check.get("ollama"), dict) else {}
+            verdict["template_check"] = {
+                "ok": bool(check.get("ok")), "corrected": check.get("corrected", False),
+                "conversations": {k: {"served_tokens": (ollama.get(k) or {}).get("served_tokens", c["train_tokens"]),
+                                      "train_tokens": c["train_tokens"], "served_ids": c["served_ids"]}
+                                  for k, c in (check.get("conversations") or {}).items()}}
         text, last = final_chunk(ctx, target.name, messages, VERIFY_OPTIONS)
         reason = last.get("done_reason")
         clean = reason == "stop"
@@ -80,3 +58,7 @@ def run(ctx: StageContext) -> None:
                        eval_count=last.get("eval_count"), prompt=messages[-1]["content"])
         verdicts[target.name] = verdict
     ctx.job.set_result("verify", verdicts)
+    from .fidelity import add_causes
+
+    add_causes(ctx, [f"{name}: the model did not stop on its own within {v.get('eval_count')} tokens "
+                     f"(done_reason {v.get('done_reason')})" for name, v in verdicts.items() if not v["clean_stop"]])

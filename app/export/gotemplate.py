@@ -1,4 +1,6 @@
-"""The part of Go's text/template that Ollama chat templates use, for the Ollama stand-in.
+"""The part of Go's text/template that Ollama chat templates use: TuneDeck renders a served prompt the way
+Ollama will (to compare its token ids with training's before any model is created), and so does the
+Ollama stand-in of the tests.
 
 Actions `{{ }}` with `{{-`/`-}}` trimming; `if`/`else if`/`else`/`end`; `range PIPE`,
 `range $m := PIPE`, `range $i, $m := PIPE`; fields `.X`, `$.X`, `$v`, `$v.X`, `(expr).X`; string and
