@@ -109,7 +109,13 @@ def test_full_export_streams_and_produces_verified_models(env):
     # Ollama got the training template (as LLaMA-Factory's template defines it), its stop tokens and the
     # system prompt verbatim; TuneDeck's Modelfile beside the GGUF files says the same.
     creates = [r["body"] for r in env["ollama"].requests() if r["path"] == "/api/create"]
+    staged = {c["model"] for c in creates if c["model"].startswith("tunedeck-check-")}
+    creates = [c for c in creates if c["model"] not in staged]
     assert {c["model"] for c in creates} == {"tiny-test:q4_k_m", "tiny-test:q8_0"}
+    # each model was first created under a staging name, checked, and the staging copy deleted
+    assert len(staged) == 2
+    tags = {m["name"] for m in httpx.get(env["ollama"].url + "/api/tags", timeout=10).json()["models"]}
+    assert not {t for t in tags if t.startswith("tunedeck-check-")}
     modelfile = Path(result["modelfile"]).read_text()
     for body in creates:
         assert body["template"] and body["template"] in modelfile
@@ -129,9 +135,20 @@ def test_full_export_streams_and_produces_verified_models(env):
     assert fidelity["quantized"]["Q8_0"]["agreement"] > fidelity["quantized"]["Q4_K_M"]["agreement"]
     report = result["quant_report"]
     assert [r["type"] for r in report["rows"]] == ["f16", "Q4_K_M", "Q8_0"]
+    assert list(status["stages"]) == ["preflight", "merge", "convert", "imatrix", "quantize", "fidelity", "load",
+                                      "verify", "report"]  # fidelity before anything changes in Ollama
     assert status["stages"] == {"preflight": "done", "merge": "done", "convert": "done", "imatrix": "skipped",
                                 "quantize": "done", "load": "done", "verify": "done",
                                 "fidelity": status["stages"]["fidelity"], "report": "done"}
+    # the `default` template puts no BOS before the prompt: the GGUF says not to add one, and the served
+    # prompt is training's token for token
+    assert read_gguf_header(f16)["metadata"]["tokenizer.ggml.add_bos_token"] is False
+    assert "set tokenizer.ggml.add_bos_token = false" in log
+    for name, v in verify.items():
+        check = v["template_check"]
+        assert check["ok"], (name, check)
+        for conv in check["conversations"].values():
+            assert conv["served_tokens"] == conv["train_tokens"]
     assert status["stages"]["fidelity"] in {"done", "warning"}
 
 

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import shutil
 import time
+from pathlib import Path
 
+import httpx
 import pytest
 from gradio_client import Client
 
+from app.gguf import read_metadata, set_bool
 from tests.harness.stack import Stack, new_project_name
 from tests.harness.toolbox import run_tools_script, tool_app
 from tests.harness.zoo import FAMILIES, install, zoo_facts
@@ -71,7 +74,7 @@ def test_cli_run_exports_with_its_inferred_template_and_keeps_the_fine_tune(zoo_
     assert set(create["parameters"]["stop"]) == stops
     fmt = result["chat_format"]["conversations"]
     chats = [r for r in zoo_env["ollama"].requests() if r["path"] == "/api/chat"
-             and r["body"]["model"] == f"zoo-{family}"]
+             and r["body"]["model"].startswith("tunedeck-check-")]  # checked before zoo-{family} was created
     for key, conv in fmt.items():
         served = [c for c in chats if len(c["body"]["messages"]) == (4 if key == "with_system" else 3)
                   and c["body"]["options"].get("num_predict") == 1]
@@ -102,14 +105,107 @@ def test_board_shaped_run_uses_its_training_args(zoo_env):
     assert status["result"]["verify"]["zoo-board"]["template_check"]["ok"]
 
 
-def test_a_wrong_template_given_by_hand_fails_the_check(zoo_env):
-    log, status, _ = export(zoo_env["app"].url, "llama2/lora/cli", "", "default", "f16", [], "zoo-wrong", "", True)
+def ollama_models(zoo_env) -> list[tuple[str, str]]:
+    tags = httpx.get(zoo_env["ollama"].url + "/api/tags", timeout=10).json()["models"]
+    return sorted((m["name"], m["digest"]) for m in tags)
+
+
+def test_a_wrong_template_given_by_hand_fails_before_ollama_changes(zoo_env):
+    # the right export first, so the name exists in Ollama: a wrong template must not replace it
+    log, status, _ = export(zoo_env["app"].url, "llama2/lora/cli", "", "", "f16", [], "zoo-wrong", "", True)
     assert status["status"] == "succeeded", log[-3000:]
-    fidelity = status["result"]["fidelity"]
-    assert fidelity["verdict"] == "warning" and status["stages"]["fidelity"] == "warning"
-    assert any("the chosen template default is not the one the run was trained with (llama2" in c
-               for c in fidelity["causes"]), fidelity["causes"]
-    assert "⚠️ Fidelity warning" in fidelity["summary"]
+    before = ollama_models(zoo_env)
+    log, status, _ = export(zoo_env["app"].url, "llama2/lora/cli", "", "default", "f16", [], "zoo-wrong", "", True)
+    assert status["status"] == "failed" and status["stage"] == "preflight", log[-3000:]
+    assert status["error"] == ("preflight failed: The chosen template default is not the one the run was trained "
+                               "with: its tokenizer records llama2. Leave the template empty to use the run's own, "
+                               "or choose llama2.")
+    assert ollama_models(zoo_env) == before
+
+
+def test_a_wrong_gguf_tokenizer_setting_fails_before_ollama_changes(zoo_env):
+    """The GGUF told to add a BOS that training never saw (`default` puts none): no Ollama template can take
+    away what the runtime adds, so the export fails, naming the token, before Ollama changes."""
+    data = zoo_env["data"]
+    log, status, _ = export(zoo_env["app"].url, "llama2/lora/default", "", "", "f16", [], "zoo-vocab", "", True)
+    assert status["status"] == "succeeded", log[-3000:]
+    before = ollama_models(zoo_env)
+    requests_before = len(zoo_env["ollama"].requests())
+    gguf = next(Path(a["file"]) for a in status["result"]["artifacts"].values() if a["file"].endswith("-f16.gguf"))
+    assert read_metadata(gguf)["tokenizer.ggml.add_bos_token"] is False  # as TuneDeck corrected it
+    assert set_bool(gguf, "tokenizer.ggml.add_bos_token", True)
+    try:
+        log, status, _ = export(zoo_env["app"].url, "llama2/lora/default", "", "", "f16", [], "zoo-vocab", "", True)
+    finally:  # later exports convert again instead of reusing the edited file
+        gguf.unlink()
+        shutil.rmtree(gguf.parent / "eval", ignore_errors=True)
+    assert status["stages"]["convert"] == "reused", "the edited file must be the one checked"
+    assert status["status"] == "failed" and status["stage"] == "load", log[-3000:]
+    assert status["error"].startswith("load failed: Ollama would not serve the prompt the model was trained on: ")
+    assert "at token 0 it has '<s>' (id 1) where training had" in status["error"], status["error"]
+    assert status["error"].endswith("Nothing was created in Ollama.")
+    assert ollama_models(zoo_env) == before
+    new = zoo_env["ollama"].requests()[requests_before:]
+    assert not [r for r in new if r["path"] == "/api/create"], "nothing may be created, not even a staging model"
+
+
+def answer_check(status: dict, name: str) -> dict:
+    """The served model answers a question of the run's own data with its trained answer, and stops."""
+    verify = status["result"]["verify"][name]
+    assert verify["reference"], verify
+    # SentencePiece: LLaMA-Factory encodes the answer on its own, so it was trained as "▁Blue", which reads " Blue"
+    assert verify["reply"] in (verify["reference"], " " + verify["reference"]), verify
+    assert verify["done_reason"] == "stop", verify
+    return verify
+
+
+def test_a_template_without_bos_is_served_without_one(zoo_env):
+    """`default` puts no BOS before the prompt, on a tokenizer that asks for one: the GGUF is corrected, the
+    served prompt is training's id for id, and the model answers as trained."""
+    log, status, seconds = export(zoo_env["app"].url, "llama2/lora/default", "", "", "f16", [], "zoo-default", "",
+                                  True)
+    assert status["status"] == "succeeded", log[-3000:]
+    result = status["result"]
+    assert result["template"]["name"] == "default"
+    assert "set tokenizer.ggml.add_bos_token = false" in log
+    fmt = result["chat_format"]["conversations"]
+    chats = [r for r in zoo_env["ollama"].requests() if r["path"] == "/api/chat"
+             and r["body"]["model"].startswith("tunedeck-check-")]
+    for key, conv in fmt.items():
+        assert conv["train_ids"][0] != 1, "the default template starts without BOS"
+        served = [c for c in chats if len(c["body"]["messages"]) == (4 if key == "with_system" else 3)]
+        assert served[-1]["prompt_ids"] == conv["train_ids"], (key, served[-1]["prompt"])
+    verify = answer_check(status, "zoo-default")
+    print(f"\n[run-kinds] lora default-template: succeeded in {seconds:.1f} s, answer {verify['reply']!r}")
+
+
+def test_a_full_fine_tune_exports_its_own_weights(zoo_env):
+    runs = {r["name"]: r for r in Client(zoo_env["app"].url, verbose=False).predict(api_name="/runs")}
+    assert runs["llama2/full/full"]["finetuning_type"] == "full"
+    log, status, seconds = export(zoo_env["app"].url, "llama2/full/full", "", "", "f16", [], "zoo-full", "", True)
+    assert status["status"] == "succeeded", log[-3000:]
+    run = zoo_env["data"] / "saves" / "llama2" / "full" / "full"
+    merged = Path(status["result"]["merged_dir"])
+    assert "nothing to merge" in log and "[merge] $ llamafactory-cli" not in log
+    assert (merged / "model.safetensors").stat().st_ino == (run / "model.safetensors").stat().st_ino  # linked
+    assert (merged / "tokenizer.model").is_file() and not (run / "tokenizer.model").exists()  # from the base
+    assert status["result"]["fidelity"]["gguf"]["agreement"] >= 0.99
+    verify = answer_check(status, "zoo-full")
+    print(f"\n[run-kinds] full fine-tune: succeeded in {seconds:.1f} s, answer {verify['reply']!r}")
+
+
+def test_a_checkpoint_can_be_exported(zoo_env):
+    runs = {r["name"]: r for r in Client(zoo_env["app"].url, verbose=False).predict(api_name="/runs")}
+    steps = [c["step"] for c in runs["llama2/lora/default"]["checkpoints"]]
+    assert steps == [150, 300], runs["llama2/lora/default"]
+    log, status, seconds = export(zoo_env["app"].url, "llama2/lora/default/checkpoint-150", "", "", "f16", [],
+                                  "zoo-ckpt", "", True)
+    assert status["status"] == "succeeded", log[-3000:]
+    assert status["result"]["template"]["name"] == "default"
+    final = next(r for r in httpx.get(zoo_env["ollama"].url + "/api/tags", timeout=10).json()["models"]
+                 if r["name"] == "zoo-ckpt:latest")
+    assert final
+    print(f"\n[run-kinds] checkpoint-150: succeeded in {seconds:.1f} s")
 
 
 def test_a_perturbed_gguf_fails_the_check(zoo_env):

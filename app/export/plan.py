@@ -45,11 +45,6 @@ class ExportRequest:
     base_only: bool = False          # export the run's base model itself (no adapter): "compare with base"
     compare_to: str = ""             # with base_only: the fine-tune's Ollama name this base is compared with
 
-    @property
-    def converts_as_is(self) -> bool:
-        """Nothing to merge: the base itself ("compare with base"), or a full or freeze fine-tune."""
-        return self.base_only or not self.run.merges
-
     def summary(self) -> dict:
         d = asdict(self)
         d["run"] = self.run.name
@@ -221,8 +216,7 @@ def make_plan(data_dir: Path, request: ExportRequest, eval_digest: str = "", cal
         for label in delivered:
             q = ExportPlan.qtype(label)
             targets.append(OllamaTarget(f"{request.ollama_name}:{q.lower()}", quantized[label], label))
-    merged = Path(base) if request.base_only else Path(request.run.path) if not request.run.merges \
-        else workdir / "merged"
+    merged = Path(base) if request.base_only else workdir / "merged"
     return ExportPlan(request, workdir, workdir / "merge.yaml", merged, gguf, quantized, tuple(targets),
                       keys, imatrix, workdir / "eval")
 

@@ -48,7 +48,7 @@ class Stamps:
         """Stages whose output can be reused; each one only if everything it was built from can be."""
         plan = self.plan
         skip: set[str] = set()
-        if plan.request.converts_as_is or self.valid("merge", plan.merged_dir):
+        if plan.request.base_only or self.valid("merge", plan.merged_dir):
             skip.add("merge")
             if self.valid("convert", plan.gguf):
                 skip.add("convert")

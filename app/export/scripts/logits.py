@@ -51,13 +51,14 @@ def quantize(logits, n_vocab):
     return row
 
 
-def tokenizer_check(model_dir, text_path, tokens):
-    """How many of llama.cpp's tokens of the evaluation text the model's own tokenizer reproduces."""
+def tokenizer_check(model_dir, text_path, tokens, adds_bos, bos_id):
+    """How many of llama.cpp's tokens of the evaluation text the model's own tokenizer reproduces (how text
+    splits; the BOS in front is the GGUF's choice, which llama.cpp follows)."""
     tok = tokenizer_of(model_dir)
     text = open(text_path, encoding="utf-8").read()
     if text.endswith("\n"):
         text = text[:-1]  # llama.cpp's -f drops one trailing newline
-    ours = tok(text, add_special_tokens=True)["input_ids"]
+    ours = ([bos_id] if adds_bos else []) + tok(text, add_special_tokens=False)["input_ids"]
     theirs = [int(t) for t in tokens.reshape(-1)]
     n = min(len(ours), len(theirs))
     first = next((i for i in range(n) if ours[i] != theirs[i]), None)
@@ -101,7 +102,7 @@ def hf_logits(model_dir, ref, out, adds_bos, bos_id, text_path):
     os.replace(tmp, out)
     answer({"tokens": total, "agree": agree, "agreement": agree / max(total, 1), "max_logprob_diff": max_diff,
             "mean_kl": kl_sum / max(total, 1), "n_ctx": n_ctx, "chunks": int(tokens.shape[0]),
-            "tokenizer": tokenizer_check(model_dir, text_path, tokens)})
+            "tokenizer": tokenizer_check(model_dir, text_path, tokens, adds_bos, bos_id)})
 
 
 if __name__ == "__main__":

@@ -67,7 +67,7 @@ def serving_format(ctx: StageContext) -> dict:
             reasons.append("it puts the system prompt before the first [INST], not inside it as training did")
         why = "; ".join(reasons) or "its template differs from the one training used"
         ctx.emit(f"LLaMA-Factory's Modelfile is wrong for this model: {why}. TuneDeck uses a corrected template "
-                 "(the chat-format check in the verify stage compares it with training)")
+                 "(checked token for token against training's prompt before Ollama changes)")
     if lf is not None and sorted(lf["parameters"].get("stop", [])) != sorted(fmt["stops"]):
         ctx.emit(f"stop tokens: LLaMA-Factory's Modelfile has {lf['parameters'].get('stop', [])}, "
                  f"the template stops on {fmt['stops']}")

@@ -18,16 +18,20 @@ TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json",
 
 def run(ctx: StageContext) -> None:
     plan, req = ctx.plan, ctx.request
-    if req.converts_as_is:
-        what = "base model" if req.base_only else f"{req.run.finetuning_type} fine-tune"
-        ctx.emit(f"{what} {plan.merged_dir}: nothing to merge, it is converted as it is")
+    if req.base_only:
+        ctx.emit(f"base model {plan.merged_dir}: nothing to merge, it is converted as it is")
         ctx.job.set_stage_status("merge", "skipped")
         ctx.job.set_result("merged_dir", str(plan.merged_dir))
         return
     if not ctx.reused("merge", str(plan.merged_dir)):
         out = ctx.claim(plan.merged_dir, folder=True)
-        plan.merge_yaml.write_text(commands.merge_yaml(req.base_model, req.run.path, req.template, str(out)))
-        ctx.tools.run(ctx.job, commands.merge_command(ctx.settings, plan.merge_yaml), "merge")
+        if req.run.merges:
+            plan.merge_yaml.write_text(commands.merge_yaml(req.base_model, req.run.path, req.template, str(out)))
+            ctx.tools.run(ctx.job, commands.merge_command(ctx.settings, plan.merge_yaml), "merge")
+        else:
+            linked = link_files(Path(req.run.path), out)
+            ctx.emit(f"{req.run.finetuning_type} fine-tune: nothing to merge; its {linked} files are linked, "
+                     "not copied, beside the base model's tokenizer files")
         if not (out / "config.json").is_file():
             raise StageFailed("LLaMA-Factory finished but wrote no config.json into the merged folder.")
         for name in carry_tokenizer_files(Path(req.base_model), out):
@@ -49,3 +53,18 @@ def carry_tokenizer_files(base: Path, merged: Path) -> list[str]:
             shutil.copy2(src, dst)
             carried.append(name)
     return carried
+
+
+def link_files(src: Path, dst: Path) -> int:
+    """Hard-link (else copy) every file of a full fine-tune's folder into `dst`, so the converter sees the
+    model with the tokenizer files its trainer did not save, and the run folder itself is never written."""
+    count = 0
+    for entry in os.scandir(src):
+        if entry.is_file(follow_symlinks=False):
+            target = dst / entry.name
+            try:
+                os.link(entry.path, target)
+            except OSError:
+                shutil.copy2(entry.path, target)
+            count += 1
+    return count
