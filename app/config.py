@@ -52,6 +52,7 @@ TUNEDECK_BENCH_BIN | /app/llama-bench | Path of `llama-bench` inside the llama.c
 TUNEDECK_TOKENIZE_BIN | /app/llama-tokenize | Path of `llama-tokenize` inside the llama.cpp container (the served prompt's token ids, checked before Ollama changes).
 TUNEDECK_KL_THRESHOLD | 0.05 | Quantization report: recommend the smallest type whose mean KL divergence from f16 is below this.
 TUNEDECK_FIDELITY_MIN | 0.98 | Fidelity stage: warn when the f16 GGUF agrees with the merged model on fewer top-1 tokens than this.
+TUNEDECK_OLLAMA_MIN_VERSION | 0.32.15 | Oldest Ollama an export loads into: its llama.cpp (b10488) must be at least as new as the toolbox's converter, or it may not read the GGUF's architecture and pre-tokenizer.
 TUNEDECK_SESSION_HOURS | 168 | Lifetime of a dashboard login session in hours; the tool routes behind Caddy follow it.
 """
 ENV_VARS: tuple[EnvVar, ...] = tuple(EnvVar(*(part.strip() for part in line.split(" | ", 2)))
@@ -101,6 +102,7 @@ class Settings:
     tokenize_bin: str = "/app/llama-tokenize"
     kl_threshold: float = 0.05
     fidelity_min: float = 0.98
+    ollama_min_version: str = "0.32.15"
     session_hours: float = 168.0
 
     @classmethod
@@ -144,6 +146,7 @@ class Settings:
             tokenize_bin=get("TUNEDECK_TOKENIZE_BIN"),
             kl_threshold=_number("TUNEDECK_KL_THRESHOLD", get("TUNEDECK_KL_THRESHOLD"), 0.0, 10.0),
             fidelity_min=_number("TUNEDECK_FIDELITY_MIN", get("TUNEDECK_FIDELITY_MIN"), 0.0, 1.0),
+            ollama_min_version=get("TUNEDECK_OLLAMA_MIN_VERSION"),
             session_hours=_number("TUNEDECK_SESSION_HOURS", get("TUNEDECK_SESSION_HOURS"), 0.001, 24 * 366),
         )
 

@@ -3,6 +3,7 @@ e.g. whether they add a BOS token themselves, without loading any weights."""
 
 from __future__ import annotations
 
+import os
 import struct
 from pathlib import Path
 
@@ -88,7 +89,7 @@ def adds_bos(meta: dict) -> bool:
 
 def set_bool(path: Path, key: str, value: bool) -> bool:
     """Rewrite a boolean metadata value in place (one byte; the file keeps its size and layout).
-    False when the file has no such boolean key."""
+    False when the file has no such boolean key (see `add_bool`)."""
     with open(path, "r+b") as f:
         if f.read(4) != b"GGUF":
             raise NotGGUF(f"{Path(path).name} is not a GGUF file")
@@ -130,3 +131,48 @@ def token_pieces(path: Path, ids: set[int]) -> dict[int, str]:
                 break
             r.value(vtype)
     return out
+
+
+def _skip_tensor_infos(r: _Reader, count: int) -> None:
+    for _ in range(count):
+        r.skip_string()
+        dims = r.read("<I")
+        r.f.seek(8 * dims + 4 + 8, 1)  # dims, type, offset
+
+
+def add_bool(path: Path, key: str, value: bool, chunk: int = 16 << 20) -> None:
+    """Add a boolean metadata key by rewriting the file (new header, same tensor infos, tensor data copied
+    after re-padding to the file's alignment): for a key the converter did not write."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        if f.read(4) != b"GGUF":
+            raise NotGGUF(f"{path.name} is not a GGUF file")
+        r = _Reader(f)
+        version = r.read("<I")
+        n_tensors, n_kv = r.read("<Q"), r.read("<Q")
+        kv_start = f.tell()
+        alignment = 32
+        for _ in range(n_kv):
+            name = r.string()
+            vtype = r.read("<I")
+            v = r.value(vtype)
+            if name == "general.alignment" and isinstance(v, int):
+                alignment = v
+        kv_end = f.tell()
+        _skip_tensor_infos(r, n_tensors)
+        infos_end = f.tell()
+        data_start = -(-infos_end // alignment) * alignment
+        raw_key = key.encode()
+        entry = struct.pack("<Q", len(raw_key)) + raw_key + struct.pack("<I", 7) + (b"\x01" if value else b"\x00")
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "wb") as out:
+            out.write(b"GGUF" + struct.pack("<IQQ", version, n_tensors, n_kv + 1))
+            f.seek(kv_start)
+            out.write(f.read(kv_end - kv_start))
+            out.write(entry)
+            out.write(f.read(infos_end - kv_end))
+            out.write(b"\0" * (-out.tell() % alignment))
+            f.seek(data_start)
+            while block := f.read(chunk):
+                out.write(block)
+    os.replace(tmp, path)

@@ -173,6 +173,7 @@ class RunInfo:
     finished_at: float   # mtime of the adapter or model weights
     last_loss: float | None
     checkpoints: tuple = ()  # ({"name", "step", "loss"}, …) of a run's exportable checkpoints, in step order
+    prior_adapters: tuple = ()  # adapters merged into the base before this one was trained, in order
 
     @property
     def merges(self) -> bool:
@@ -184,6 +185,7 @@ class RunInfo:
         d = asdict(self)
         d["folder"] = d.pop("path")
         d["checkpoints"] = [dict(c) for c in self.checkpoints]
+        d["prior_adapters"] = list(self.prior_adapters)
         return d
 
 
@@ -208,6 +210,15 @@ def loss_at(losses: dict[int, float], step: int) -> float | None:
     """The last logged loss at or before `step`."""
     steps = [s for s in losses if s <= step]
     return losses[max(steps)] if steps else None
+
+
+def prior_adapters(args: dict) -> tuple[str, ...]:
+    """The adapters a run was trained on top of, as LLaMA-Factory's `model/adapter.py` applies them: every
+    path of `adapter_name_or_path` is merged into the base before training when `create_new_adapter` is
+    set; otherwise all but the last are, and the last is resumed (its weights are in the run's adapter)."""
+    value = args.get("adapter_name_or_path")
+    paths = [str(p).strip() for p in (value.split(",") if isinstance(value, str) else value or []) if str(p).strip()]
+    return tuple(paths if args.get("create_new_adapter") else paths[:-1])
 
 
 def _weights(path: Path) -> Path | None:
@@ -239,6 +250,7 @@ def read_run(saves: Path, path: Path) -> RunInfo:
         else last_loss(run_dir / "trainer_log.jsonl"),
         checkpoints=tuple({"name": str(p.relative_to(saves)), "step": step, "loss": loss_at(losses, step)}
                           for step, p in steps),
+        prior_adapters=prior_adapters(args) if kind == "lora" else (),
     )
 
 

@@ -332,7 +332,10 @@ def test_readme_api_script_runs(env, tmp_path):
     out = run_readme_example("api-example", tmp_path, TUNEDECK_URL=env["app"].url)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "succeeded ['my-model']" in out.stdout
-    assert "   verify 100%" in out.stdout or "verify" in out.stdout
+    import re
+
+    stages = set(re.findall(r"^\s*(\w+)\s+\d+%", out.stdout, re.M))
+    assert {"preflight", "merge", "report"} <= stages and len(stages) >= 5, stages  # streamed stage by stage
 
 
 # -- faults -----------------------------------------------------------------------------------------
@@ -387,6 +390,13 @@ def test_tool_container_killed_mid_merge(env):
         env["llamafactory"].start()
 
 
+def forget_merges(env) -> None:
+    """The next export merges for real (a template chosen by hand no longer gives a fresh merge: a template
+    other than the run's own is refused)."""
+    for stamp in (env["data"] / "exports").glob("*/.stamps/merge.json"):
+        stamp.unlink()
+
+
 def test_app_killed_mid_export_then_restarted(env):
     import os
     import signal
@@ -394,7 +404,8 @@ def test_app_killed_mid_export_then_restarted(env):
     s = env["settings"]
     with app_process(s) as (proc, url):
         client = Client(url, verbose=False)
-        job = client.submit(*export_args(env["run"], template="zephyr", name="tiny-crash"), api_name="/export")
+        forget_merges(env)
+        job = client.submit(*export_args(env["run"], name="tiny-crash"), api_name="/export")
         job_id = None
         for log, status in job:
             job_id = status["job_id"]
@@ -423,7 +434,8 @@ def test_sigterm_cancels_the_running_export_and_exits_quickly(env):
     s = env["settings"]
     with app_process(s) as (proc, url):
         client = Client(url, verbose=False)
-        job = client.submit(*export_args(env["run"], template="chatml", name="tiny-sigterm"), api_name="/export")
+        forget_merges(env)
+        job = client.submit(*export_args(env["run"], name="tiny-sigterm"), api_name="/export")
         job_id, partials = None, []
         for log, status in job:
             job_id = status["job_id"]

@@ -13,8 +13,8 @@ from app.export.ollama_prompt import chat_prompt
 from app.export.prompt_check import candidates, difference_sentence, first_difference, parse_ids
 from app.export.reports import base_name
 from app.export.stages.convert import training_starts_with_bos
-from app.gguf import read_metadata, set_bool, token_pieces
-from app.runs import discover_runs, find_run
+from app.gguf import add_bool, read_metadata, set_bool, token_pieces
+from app.runs import discover_runs, find_run, prior_adapters
 
 
 def _s(text: str) -> bytes:
@@ -22,15 +22,18 @@ def _s(text: str) -> bytes:
     return struct.pack("<Q", len(raw)) + raw
 
 
-def tiny_gguf(path: Path, tokens: list[str], add_bos: bool | None = True) -> Path:
+def tiny_gguf(path: Path, tokens: list[str], add_bos: bool | None = True, tensor: bytes = b"") -> Path:
     kvs = [_s("general.name") + struct.pack("<I", 8) + _s("tiny")]
     if add_bos is not None:
         kvs.append(_s("tokenizer.ggml.add_bos_token") + struct.pack("<I", 7) + bytes([add_bos]))
     kvs.append(_s("tokenizer.ggml.tokens") + struct.pack("<I", 9) + struct.pack("<I", 8)
                + struct.pack("<Q", len(tokens)) + b"".join(_s(t) for t in tokens))
     kvs.append(_s("tokenizer.ggml.model") + struct.pack("<I", 8) + _s("llama"))
-    path.write_bytes(b"GGUF" + struct.pack("<I", 3) + struct.pack("<Q", 0) + struct.pack("<Q", len(kvs))
-                     + b"".join(kvs) + b"\0" * 32)
+    infos = _s("t") + struct.pack("<I", 1) + struct.pack("<Q", len(tensor) // 4) + struct.pack("<I", 0) \
+        + struct.pack("<Q", 0) if tensor else b""
+    head = (b"GGUF" + struct.pack("<I", 3) + struct.pack("<Q", 1 if tensor else 0) + struct.pack("<Q", len(kvs))
+            + b"".join(kvs) + infos)
+    path.write_bytes(head + b"\0" * (-len(head) % 32) + (tensor or b"\0" * 32))
     return path
 
 
@@ -81,8 +84,15 @@ def test_set_bool_flips_add_bos_in_place_and_token_pieces_reads_the_vocabulary(t
     assert not set_bool(path, "general.name", True)  # not a boolean: left alone
     assert read_metadata(path)["general.name"] == "tiny"
     assert token_pieces(path, {1, 3, 99}) == {1: "<s>", 3: "▁Human"}
-    no_key = tiny_gguf(tmp_path / "n.gguf", ["a"], add_bos=None)
+    data = struct.pack("<8f", *range(8))
+    no_key = tiny_gguf(tmp_path / "n.gguf", ["a", "b"], add_bos=None, tensor=data)
     assert not set_bool(no_key, "tokenizer.ggml.add_bos_token", False)
+    add_bool(no_key, "tokenizer.ggml.add_bos_token", False)  # the header grows, the tensor data moves intact
+    meta = read_metadata(no_key)
+    assert meta["tokenizer.ggml.add_bos_token"] is False and meta["general.name"] == "tiny"
+    raw = no_key.read_bytes()
+    assert raw.endswith(data) and (len(raw) - len(data)) % 32 == 0
+    assert token_pieces(no_key, {1}) == {1: "b"}
 
 
 def test_training_bos_is_read_from_training_ids():
@@ -132,3 +142,11 @@ def test_full_runs_checkpoints_and_early_stopped_runs_are_exportable(tmp_path):
     assert ckpt.path == str(lora / "checkpoint-150") and ckpt.last_loss == pytest.approx(0.02)
     assert ckpt.base_model == "/m/base"
     assert find_run(tmp_path, "m/lora/a/checkpoint-50") is None
+
+
+def test_prior_adapters_follow_llama_factorys_order():
+    assert prior_adapters({"adapter_name_or_path": "/a,/b", "create_new_adapter": True}) == ("/a", "/b")
+    assert prior_adapters({"adapter_name_or_path": "/a,/b"}) == ("/a",)  # /b was resumed: it is the run itself
+    assert prior_adapters({"adapter_name_or_path": ["/a"], "create_new_adapter": True}) == ("/a",)
+    assert prior_adapters({"adapter_name_or_path": "/a"}) == ()
+    assert prior_adapters({}) == ()

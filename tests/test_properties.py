@@ -87,7 +87,7 @@ def test_the_tool_wrapper_really_delivers_each_value_intact(value):
 @example(template="\u2028", base="a\u2029b", adapter="\ufeffx")
 def test_merge_yaml_round_trips_any_value(template, base, adapter):
     assume(all("\x00" not in v for v in (template, base, adapter)))
-    doc = yaml.safe_load(commands.merge_yaml(base, adapter, template, "/data/out"))
+    doc = yaml.safe_load(commands.merge_yaml(base, [adapter], template, "/data/out"))
     assert doc["model_name_or_path"] == base and doc["adapter_name_or_path"] == adapter
     assert doc["template"] == template and doc["export_dir"] == "/data/out"
     assert set(doc) == {"model_name_or_path", "adapter_name_or_path", "template", "finetuning_type",

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 from gradio_client import Client
 
 from app.gguf import read_metadata, set_bool
@@ -192,6 +193,23 @@ def test_a_full_fine_tune_exports_its_own_weights(zoo_env):
     assert status["result"]["fidelity"]["gguf"]["agreement"] >= 0.99
     verify = answer_check(status, "zoo-full")
     print(f"\n[run-kinds] full fine-tune: succeeded in {seconds:.1f} s, answer {verify['reply']!r}")
+
+
+def test_a_stacked_adapter_is_merged_with_the_adapters_it_was_trained_on(zoo_env):
+    """Trained on top of `default` with create_new_adapter: only base + default + stacked answers as trained,
+    and fidelity's reference is that chain applied by peft, not TuneDeck's own merge."""
+    runs = {r["name"]: r for r in Client(zoo_env["app"].url, verbose=False).predict(api_name="/runs")}
+    default = str(zoo_env["data"] / "saves" / "llama2" / "lora" / "default")
+    assert runs["llama2/lora/stacked"]["prior_adapters"] == [default]
+    log, status, seconds = export(zoo_env["app"].url, "llama2/lora/stacked", "", "", "f16", [], "zoo-stacked", "",
+                                  True)
+    assert status["status"] == "succeeded", log[-3000:]
+    merge_yaml = yaml.safe_load((Path(status["result"]["workdir"]) / "merge.yaml").read_text())
+    assert merge_yaml["adapter_name_or_path"] == f"{default},{zoo_env['data'] / 'saves/llama2/lora/stacked'}"
+    fidelity = status["result"]["fidelity"]
+    assert fidelity["gguf"]["reference"] == "peft" and fidelity["gguf"]["agreement"] >= 0.99, fidelity
+    verify = answer_check(status, "zoo-stacked")
+    print(f"\n[run-kinds] stacked adapter: succeeded in {seconds:.1f} s, answer {verify['reply']!r}")
 
 
 def test_a_checkpoint_can_be_exported(zoo_env):

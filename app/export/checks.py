@@ -8,7 +8,8 @@ import shutil
 import struct
 from pathlib import Path
 
-from .plan import ExportPlan, ExportRequest, estimate_bytes, weights_size
+from .disk import estimate
+from .plan import ExportPlan, ExportRequest
 
 _HIDDEN_INPUT_MODULES = ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj")
 
@@ -70,16 +71,20 @@ def adapter_mismatch(run_dir: Path, config: dict) -> str | None:
     return None
 
 
-def disk_problem(data_dir: Path, plan: ExportPlan, skip: set[str]) -> tuple[str | None, int]:
-    base = plan.request.base_model
-    if not os.path.isdir(base):
-        return None, 0
-    need = estimate_bytes(weights_size(Path(base)), plan, skip)
+def disk_problem(data_dir: Path, plan: ExportPlan, skip: set[str]) -> tuple[str | None, dict]:
+    """One sentence when the data dir cannot hold what the export writes; (sentence, bytes by stage)."""
+    req = plan.request
+    model = req.run.path if not req.run.merges and not req.base_only else req.base_model
+    if not os.path.isdir(model):
+        return None, {}
+    parts = estimate(plan, skip, Path(model))
+    need = sum(v for k, v in parts.items() if k != "ollama")
     free = shutil.disk_usage(data_dir).free
-    if free < need:
-        return (f"Not enough free disk in {data_dir}: the export needs about {need / 2**30:.1f} GiB, "
-                f"{free / 2**30:.1f} GiB are free."), need
-    return None, need
+    if need and free < need * 1.05 + (64 << 20):
+        detail = ", ".join(f"{k.split(':')[-1]} {v / 2**30:.1f}" for k, v in parts.items() if k != "ollama")
+        return (f"Not enough free disk in {data_dir}: the export writes about {need / 2**30:.1f} GiB ({detail}), "
+                f"{free / 2**30:.1f} GiB are free."), parts
+    return None, parts
 
 
 def base_model_problems(request: ExportRequest) -> list[str]:
@@ -94,4 +99,12 @@ def base_model_problems(request: ExportRequest) -> list[str]:
     if config is None:
         return [f"The base model folder {base} has no readable config.json."]
     problems = [p for p in (quantized_base_problem(config), adapter_mismatch(Path(request.run.path), config)) if p]
+    commas = [a for a in (*request.run.prior_adapters, request.run.path) if "," in a]
+    if commas and request.run.merges and not request.base_only:
+        problems.append(f"The adapter folder {commas[0]} has a comma in its path, which LLaMA-Factory reads as a "
+                        "list separator; rename the folder.")
+    missing = [a for a in request.run.prior_adapters if not os.path.isdir(a)]
+    if missing and not request.base_only:
+        problems.append(f"The run was trained on top of the adapter {missing[0]}, which is not a folder any more; "
+                        "restore it (the export must merge it first, as training did).")
     return problems

@@ -14,11 +14,12 @@ from ..config import Settings
 from ..docker_gateway import ToolCommand
 
 
-def merge_yaml(base_model: str, adapter_dir: str, template: str, export_dir: str) -> str:
-    """LLaMA-Factory `export` config: merge the LoRA adapter into the base model on CPU."""
+def merge_yaml(base_model: str, adapters: list[str], template: str, export_dir: str) -> str:
+    """LLaMA-Factory `export` config: merge the LoRA adapters into the base model on CPU, in order (a run
+    trained on top of other adapters lists them first, as training merged them)."""
     config = {
         "model_name_or_path": base_model,
-        "adapter_name_or_path": adapter_dir,
+        "adapter_name_or_path": ",".join(adapters),
         "template": template,
         "finetuning_type": "lora",
         "trust_remote_code": True,

@@ -182,7 +182,9 @@ def make_plan(data_dir: Path, request: ExportRequest, eval_digest: str = "", cal
         merge_key = _key("model", fingerprint_dir(Path(request.run.path)), request.template)
         stem = slug(request.run.name.replace("/", "-"), 40)
     else:
-        merge_key = _key("merge", adapter_fingerprint(Path(request.run.path)), base_fp, request.template)
+        merge_key = _key("merge", [adapter_fingerprint(Path(a)) if os.path.isdir(a) else a
+                                   for a in request.run.prior_adapters], adapter_fingerprint(Path(request.run.path)),
+                         base_fp, request.template)
         stem = slug(request.run.name.replace("/", "-"), 40)
     convert_key = _key("convert", merge_key, request.dtype)
     workdir = Path(data_dir).resolve() / "exports" / f"{stem}-{merge_key[:10]}"
@@ -206,7 +208,7 @@ def make_plan(data_dir: Path, request: ExportRequest, eval_digest: str = "", cal
             if label.endswith(IMATRIX_SUFFIX) else _key("quantize", convert_key, q)
     if eval_digest:
         keys["reference"] = _key("reference", convert_key, eval_digest)
-        keys["hf-logits"] = _key("hf-logits", keys["reference"], merge_key)
+        keys["hf-logits"] = _key("hf-logits", keys["reference"], merge_key, "peft-chain")
     targets: list[OllamaTarget] = []
     if not delivered:
         targets.append(OllamaTarget(request.ollama_name, gguf, request.dtype))
@@ -219,30 +221,3 @@ def make_plan(data_dir: Path, request: ExportRequest, eval_digest: str = "", cal
     merged = Path(base) if request.base_only else workdir / "merged"
     return ExportPlan(request, workdir, workdir / "merge.yaml", merged, gguf, quantized, tuple(targets),
                       keys, imatrix, workdir / "eval")
-
-
-# -- disk estimate ----------------------------------------------------------------------
-_QUANT_BITS = {"Q2_K": 3.0, "Q3_K_S": 3.5, "Q3_K_M": 3.9, "Q3_K_L": 4.3, "Q4_0": 4.5, "Q4_1": 5.0, "Q4_K_S": 4.6,
-               "Q4_K_M": 4.9, "Q5_0": 5.5, "Q5_1": 6.0, "Q5_K_S": 5.5, "Q5_K_M": 5.7, "Q6_K": 6.6, "Q8_0": 8.5,
-               "IQ4_NL": 4.5, "IQ4_XS": 4.3}
-
-
-def weights_size(model_dir: Path) -> int:
-    total = 0
-    for p in Path(model_dir).glob("*"):
-        if p.suffix in {".safetensors", ".bin", ".pt", ".pth"} and p.is_file():
-            total += p.stat().st_size
-    return total
-
-
-def estimate_bytes(weight_bytes: int, plan: ExportPlan, skip: set[str]) -> int:
-    """Disk the export will write: merged (~base size), GGUF, and each quantized file."""
-    need = 0.0
-    if "merge" not in skip:
-        need += weight_bytes
-    if "convert" not in skip:
-        need += weight_bytes * (0.55 if plan.request.dtype == "q8_0" else 1.0)
-    for label in plan.quantized:
-        if f"quantize:{label}" not in skip:
-            need += weight_bytes * _QUANT_BITS.get(ExportPlan.qtype(label), 8.5) / 16
-    return int(need * 1.05) + (64 << 20)

@@ -21,6 +21,7 @@ Test hooks (not Ollama API): GET /_standin/requests (create/chat bodies received
 disconnects), POST /_standin/fail {"create": "message"} (next create fails mid-stream),
 POST /_standin/fail {"upload_drop_after": N} (next upload drops the connection after N bytes),
 POST /_standin/fail {"token_delay": S} (every generated token takes S seconds more, until set to 0).
+It reports the Ollama version the compose file pins (STANDIN_VERSION in its environment overrides it).
 """
 
 from __future__ import annotations
@@ -234,7 +235,7 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         st = self.state
         if self.path == "/api/version":
-            return self._json(200, {"version": "0.13.0-standin"})
+            return self._json(200, {"version": os.environ.get("STANDIN_VERSION", "0.32.15")})
         if self.path == "/api/tags":
             with st.lock:
                 models = [dict(m["tag"]) for m in st.models.values()]

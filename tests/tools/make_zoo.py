@@ -46,6 +46,10 @@ EXTRA_RUNS = {
                                     "save_steps": 150, "save_strategy": "steps", "save_only_model": True}),
     "full": ("llama2", "full", {"learning_rate": 1.0e-3, "save_steps": 150, "save_strategy": "steps",
                                 "save_only_model": True}),
+    # trained on top of `default` (LLaMA Board's checkpoint + "Create new adapter"): its adapter is relative
+    # to the base with `default` merged, and only that chain answers as trained
+    "stacked": ("default", "lora", {"adapter_name_or_path": "{zoo}/saves/llama2/lora/default",
+                                    "create_new_adapter": True, "max_steps": 40, "board": True}),
 }
 
 
@@ -228,6 +232,8 @@ def train(zoo: Path, family: str, steps: int, run: str = "cli", template: str = 
     template = template or FAMILIES[family][2]
     out = zoo / "saves" / family / kind / run
     shutil.rmtree(out, ignore_errors=True)
+    extra = {k: v.replace("{zoo}", str(zoo)) if isinstance(v, str) else v for k, v in (extra or {}).items()}
+    board = extra.pop("board", False)
     config = {
         "model_name_or_path": str(zoo / "models" / family), "trust_remote_code": True,
         "stage": "sft", "do_train": True, "finetuning_type": kind, "lora_target": "all", "lora_rank": 8,
@@ -253,9 +259,13 @@ def train(zoo: Path, family: str, steps: int, run: str = "cli", template: str = 
     cfg.with_suffix(".log").write_text(proc.stdout + proc.stderr)
     if proc.returncode != 0:
         raise SystemExit(f"training {family} failed:\n{(proc.stdout + proc.stderr)[-4000:]}")
+    if board:  # what LLaMA Board writes beside the run: the arguments it trained with
+        import yaml
+
+        (out / "training_args.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     records = [json.loads(line) for line in (out / "trainer_log.jsonl").read_text().splitlines() if line.strip()]
     losses = [r["loss"] for r in records if isinstance(r.get("loss"), (int, float))]
-    return {"seconds": round(seconds, 1), "steps": steps, "first_loss": losses[0], "final_loss": losses[-1]}
+    return {"seconds": round(seconds, 1), "steps": config["max_steps"], "first_loss": losses[0], "final_loss": losses[-1]}
 
 
 def board_copy(zoo: Path, family: str) -> None:

@@ -1,6 +1,9 @@
-# hf-logits MODEL REF OUT ADDS_BOS BOS TEXT: teacher-forced logits of the merged model on the tokens of
-# llama-perplexity's reference file REF, its agreement with them, the same logits written to OUT in
-# that file's format, and whether the model's tokenizer splits TEXT as llama.cpp did.
+# hf-logits MODEL REF OUT ADDS_BOS BOS TEXT [BASE ADAPTER...]: teacher-forced logits of the reference model
+# on the tokens of llama-perplexity's reference file REF, its agreement with them, the same logits written
+# to OUT in that file's format, and whether the model's tokenizer splits TEXT as llama.cpp did. The
+# reference is BASE with the ADAPTERs applied by peft (the earlier ones merged, as training merged them,
+# the run's own applied unmerged) when given, so a merge that missed an adapter shows; else MODEL itself.
+# On a GPU the model is spread over the GPUs with CPU offload (device_map="auto"): no card must hold it all.
 
 
 # The --kl-divergence-base format: tools/perplexity/perplexity.cpp
@@ -66,15 +69,37 @@ def tokenizer_check(model_dir, text_path, tokens, adds_bos, bos_id):
             "same": sum(1 for i in range(n) if ours[i] == theirs[i]) if first is not None else n}
 
 
-def hf_logits(model_dir, ref, out, adds_bos, bos_id, text_path):
-    import numpy as np
+def reference_model(model_dir, chain):
+    import tempfile
+
     import torch
     from transformers import AutoModelForCausalLM
 
+    kwargs = {"trust_remote_code": True, "dtype": torch.float32}
+    if torch.cuda.is_available():
+        kwargs.update(dtype="auto", device_map="auto", offload_folder=tempfile.mkdtemp(prefix="tunedeck-offload-"))
+    if chain:
+        try:
+            from peft import PeftModel
+
+            model = AutoModelForCausalLM.from_pretrained(chain[0], **kwargs)
+            for adapter in chain[1:-1]:
+                model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+            model = PeftModel.from_pretrained(model, chain[-1])
+            say(f"reference: {chain[0]} with {len(chain) - 1} adapter(s) applied by peft")
+            return model
+        except Exception as exc:  # noqa: BLE001 - said, then the merged model is the reference
+            say(f"peft cannot apply the adapters ({type(exc).__name__}: {exc}); the merged model is the reference")
+    return AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
+
+
+def hf_logits(model_dir, ref, out, adds_bos, bos_id, text_path, chain=()):
+    import numpy as np
+    import torch
+
     n_ctx, n_vocab, tokens, ref_logp = read_reference(ref)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = "auto" if device == "cuda" else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, trust_remote_code=True).to(device).eval()
+    model = reference_model(model_dir, chain).eval()
+    device = model.device
     first = n_ctx // 2
     agree = total = 0
     max_diff, kl_sum = 0.0, 0.0
@@ -102,11 +127,12 @@ def hf_logits(model_dir, ref, out, adds_bos, bos_id, text_path):
     os.replace(tmp, out)
     answer({"tokens": total, "agree": agree, "agreement": agree / max(total, 1), "max_logprob_diff": max_diff,
             "mean_kl": kl_sum / max(total, 1), "n_ctx": n_ctx, "chunks": int(tokens.shape[0]),
-            "tokenizer": tokenizer_check(model_dir, text_path, tokens, adds_bos, bos_id)})
+            "tokenizer": tokenizer_check(model_dir, text_path, tokens, adds_bos, bos_id),
+            "reference": "peft" if chain else "merged"})
 
 
 if __name__ == "__main__":
     if sys.argv[1] != "hf-logits":
         raise SystemExit(f"unknown command {sys.argv[1]}")
     a = sys.argv[2:]
-    hf_logits(a[0], a[1], a[2], a[3] == "1", int(a[4]), a[5])
+    hf_logits(a[0], a[1], a[2], a[3] == "1", int(a[4]), a[5], a[6:])

@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from ...gguf import NotGGUF, adds_bos, read_metadata, set_bool
+from ...gguf import NotGGUF, add_bool, adds_bos, read_metadata, set_bool
 from .. import commands
 from ..jobs import StageFailed
 from . import StageContext
@@ -61,7 +61,7 @@ def training_starts_with_bos(chat: dict) -> bool | None:
 def fix_bos(ctx: StageContext, gguf: Path) -> None:
     """A template that puts no BOS before the prompt (`default`, `vicuna`, …) on a tokenizer that asks for
     one: training never saw a BOS, so the runtime must not add one. The GGUF's `add_bos_token` is set to
-    false (in place, one byte; quantized files inherit it). A template that starts with BOS needs no fix:
+    false (in place, one byte, or added to the header; quantized files inherit it). A template that starts with BOS needs no fix:
     the Ollama template writes it where the runtime does not add it."""
     starts = training_starts_with_bos((ctx.extras.get("prepared") or {}).get("chat"))
     try:
@@ -69,9 +69,7 @@ def fix_bos(ctx: StageContext, gguf: Path) -> None:
     except (OSError, NotGGUF) as exc:
         raise StageFailed(f"The converted GGUF cannot be read ({exc}).") from None
     if starts is False and adds_bos(meta):
-        if set_bool(gguf, "tokenizer.ggml.add_bos_token", False):
-            ctx.emit("tokenizer metadata: training's prompts start without a BOS token but the tokenizer asks the "
-                     "runtime to add one; set tokenizer.ggml.add_bos_token = false in the GGUF")
-        else:
-            ctx.emit("note: training's prompts start without a BOS token, and the GGUF has no add_bos_token "
-                     "entry to turn off; the chat-format check decides")
+        if not set_bool(gguf, "tokenizer.ggml.add_bos_token", False):
+            add_bool(gguf, "tokenizer.ggml.add_bos_token", False)  # the runtime's default for this vocabulary
+        ctx.emit("tokenizer metadata: training's prompts start without a BOS token but the runtime would add one; "
+                 "set tokenizer.ggml.add_bos_token = false in the GGUF")

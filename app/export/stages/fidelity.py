@@ -32,8 +32,11 @@ def merged_logits(ctx: StageContext, ref) -> tuple[dict, object]:
 
     def compute() -> dict:
         ctx.job.add_partial(partial(out))
+        req = ctx.request
+        chain = [req.base_model, *req.run.prior_adapters, req.run.path] if req.run.merges and not req.base_only \
+            else []
         result = run_helper(ctx, "fidelity", "hf-logits", str(plan.merged_dir), str(ref), str(out),
-                            "1" if bos else "0", str(bos_id), str(eval_text(ctx)))
+                            "1" if bos else "0", str(bos_id), str(eval_text(ctx)), *chain)
         if not out.is_file():
             raise StageFailed("the merged model's logits were not written")
         return result
@@ -91,7 +94,8 @@ def run(ctx: StageContext) -> None:
     job.check_cancel()
     hf, hf_file = merged_logits(ctx, ref)
     gguf = {"type": ctx.request.dtype, "file": plan.gguf.name, "agreement": hf["agreement"], "tokens": hf["tokens"],
-            "max_logprob_diff": hf["max_logprob_diff"], "mean_kl": hf["mean_kl"], "tokenizer": hf.get("tokenizer")}
+            "max_logprob_diff": hf["max_logprob_diff"], "mean_kl": hf["mean_kl"], "tokenizer": hf.get("tokenizer"),
+            "reference": hf.get("reference", "merged")}  # peft: the base with the run's adapters applied by peft
     ctx.emit(f"{plan.gguf.name}: top-1 agreement with the merged model {hf['agreement']:.2%} on {hf['tokens']} "
              f"tokens, largest log-prob gap {hf['max_logprob_diff']:.4f}")
     quantized = {}

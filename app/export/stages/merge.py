@@ -26,7 +26,11 @@ def run(ctx: StageContext) -> None:
     if not ctx.reused("merge", str(plan.merged_dir)):
         out = ctx.claim(plan.merged_dir, folder=True)
         if req.run.merges:
-            plan.merge_yaml.write_text(commands.merge_yaml(req.base_model, req.run.path, req.template, str(out)))
+            chain = [*req.run.prior_adapters, req.run.path]
+            if req.run.prior_adapters:
+                ctx.emit(f"the run was trained on top of {len(req.run.prior_adapters)} adapter(s): merging "
+                         f"{' → '.join(chain)} in that order, as training did")
+            plan.merge_yaml.write_text(commands.merge_yaml(req.base_model, chain, req.template, str(out)))
             ctx.tools.run(ctx.job, commands.merge_command(ctx.settings, plan.merge_yaml), "merge")
         else:
             linked = link_files(Path(req.run.path), out)

@@ -4,6 +4,7 @@ decide what can be reused, and check every part the export needs before any work
 from __future__ import annotations
 
 import hashlib
+import re
 import shutil
 import time
 from dataclasses import replace
@@ -41,12 +42,15 @@ def run(ctx: StageContext) -> None:
     plan, req, skip = job.plan, job.request, ctx.skip
     job.set_result("workdir", str(plan.workdir))
     problems: list[str] = []
-    disk, need = disk_problem(ctx.data_dir, plan, skip)
+    disk, parts = disk_problem(ctx.data_dir, plan, skip)
     if disk:
         problems.append(disk)
-    elif need:
-        ctx.emit(f"disk: about {need / 2**30:.2f} GiB needed, "
-                 f"{shutil.disk_usage(ctx.data_dir).free / 2**30:.1f} GiB free")
+    elif parts:
+        need = sum(v for k, v in parts.items() if k != "ollama")
+        ctx.emit(f"disk: about {need / 2**30:.2f} GiB written here, "
+                 f"{shutil.disk_usage(ctx.data_dir).free / 2**30:.1f} GiB free; Ollama keeps about "
+                 f"{parts['ollama'] / 2**30:.2f} GiB more in its own store")
+        job.set_result("disk_estimate", parts)
     if not problems:
         for target in plan.targets:
             try:
@@ -73,10 +77,29 @@ def tool_problems(ctx: StageContext) -> list[str]:
         except (ServiceUnavailable, EngineUnavailable) as exc:
             problems.append(str(exc))
     try:
-        ctx.emit(f"Ollama {ctx.ollama.version()} at {ctx.ollama.base_url}")
+        version = ctx.ollama.version()
+        ctx.emit(f"Ollama {version} at {ctx.ollama.base_url}")
+        old = runtime_too_old(version, ctx.settings.ollama_min_version)
+        if old:
+            problems.append(old)
     except OllamaError as exc:
         problems.append(str(exc))
     return problems
+
+
+def version_tuple(text: str) -> tuple[int, ...] | None:
+    match = re.match(r"v?(\d+)\.(\d+)(?:\.(\d+))?", text.strip())
+    return tuple(int(g or 0) for g in match.groups()) if match else None
+
+
+def runtime_too_old(version: str, minimum: str) -> str | None:
+    """One sentence when Ollama is older than the pinned pair (a dev build, 0.0.0, is let through)."""
+    have, need = version_tuple(version), version_tuple(minimum)
+    if not have or not need or have == (0, 0, 0) or have >= need:
+        return None
+    return (f"Ollama {version} is older than {minimum}, the oldest whose llama.cpp reads the GGUF files this "
+            f"toolbox's converter writes; upgrade Ollama (OLLAMA_IMAGE in compose/.env.example) to {minimum} or "
+            "newer.")
 
 
 def resolve_template(ctx: StageContext) -> None:
