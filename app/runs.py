@@ -227,7 +227,8 @@ def _weights(path: Path) -> Path | None:
 
 def read_run(saves: Path, path: Path) -> RunInfo:
     """A run folder, or a checkpoint inside one (whose arguments, log and card are the run's)."""
-    is_checkpoint = bool(_CHECKPOINT.match(path.name)) and any((path.parent / m).is_file() for m in RUN_MARKERS)
+    is_checkpoint = bool(_CHECKPOINT.match(path.name) or path.name == "pissa_converted") \
+        and any((path.parent / m).is_file() for m in RUN_MARKERS)
     run_dir = path.parent if is_checkpoint else path
     args = read_yaml(run_dir / "training_args.yaml")
     own = has_adapter(path) or has_model(path)
@@ -246,8 +247,8 @@ def read_run(saves: Path, path: Path) -> RunInfo:
         template=str(args.get("template") or ""),
         finetuning_type=kind,
         finished_at=weights.stat().st_mtime if weights else 0.0,
-        last_loss=loss_at(losses, int(_CHECKPOINT.match(source.name).group(1))) if source != run_dir
-        else last_loss(run_dir / "trainer_log.jsonl"),
+        last_loss=loss_at(losses, int(_CHECKPOINT.match(source.name).group(1))) if _CHECKPOINT.match(source.name)
+        and source != run_dir else last_loss(run_dir / "trainer_log.jsonl"),
         checkpoints=tuple({"name": str(p.relative_to(saves)), "step": step, "loss": loss_at(losses, step)}
                           for step, p in steps),
         prior_adapters=prior_adapters(args) if kind == "lora" else (),

@@ -170,6 +170,30 @@ def test_compare_with_base_is_built_from_the_base_weights(env):
     assert again["stages"]["convert"] == "reused"  # the base was converted before: content-keyed cache
 
 
+def test_compare_with_base_keeps_the_tag_and_never_replaces_a_model_of_yours(env):
+    client, ollama = env["client"], env["ollama"]
+    final = list(client.submit(env["run"], "", "", "f16", [], "bot:v1", "", True, False, False,
+                               api_name="/export"))[-1][1]
+    assert final["status"] == "succeeded"
+    blob = next(iter([r["body"] for r in ollama.requests() if r["path"] == "/api/create"
+                      and r["body"]["model"] == "bot:v1"][-1]["files"].values()))
+    # the user makes a model of their own under the name compare-with-base would use
+    mine = httpx.post(ollama.url + "/api/create", json={"model": "bot-base:v1", "files": {"model.gguf": blob},
+                                                        "stream": False}, timeout=60)
+    assert mine.status_code == 200, mine.text
+    before = httpx.post(ollama.url + "/api/show", json={"model": "bot-base:v1"}, timeout=30).json()
+    refused = list(client.submit(final["job_id"], "", api_name="/compare_base"))[-1][1]
+    assert refused["status"] == "failed" and refused["stage"] == "preflight"
+    assert "Ollama already has a model named 'bot-base:v1'" in refused["error"]
+    assert httpx.post(ollama.url + "/api/show", json={"model": "bot-base:v1"}, timeout=30).json() == before
+    httpx.request("DELETE", ollama.url + "/api/delete", json={"model": "bot-base:v1"}, timeout=30)
+    status = list(client.submit(final["job_id"], "", api_name="/compare_base"))[-1][1]
+    assert status["status"] == "succeeded", status.get("error")
+    assert status["result"]["compare_pair"] == ["bot:v1", "bot-base:v1"]
+    again = list(client.submit(final["job_id"], "", api_name="/compare_base"))[-1][1]
+    assert again["status"] == "succeeded"  # TuneDeck loaded it: replacing its own model is fine
+
+
 @pytest.mark.browser
 def test_prompt_from_the_run_and_compare_from_the_history(env, page):
     page.goto(env["app"].url)

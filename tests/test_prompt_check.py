@@ -150,3 +150,42 @@ def test_prior_adapters_follow_llama_factorys_order():
     assert prior_adapters({"adapter_name_or_path": ["/a"], "create_new_adapter": True}) == ("/a",)
     assert prior_adapters({"adapter_name_or_path": "/a"}) == ()
     assert prior_adapters({}) == ()
+
+
+def _tokenizer_json(folder: Path, vocab: int, added: list[tuple[int, str, bool]]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "tokenizer.json").write_text(json.dumps({
+        "model": {"vocab": {f"t{i}": i for i in range(vocab)}},
+        "added_tokens": [{"id": i, "content": c, "special": sp} for i, c, sp in added]}))
+
+
+def test_tokens_a_trainer_added_are_merged_again_in_order(tmp_path):
+    from app.export.vocab import added_tokens, merge_keys, unmergeable
+
+    _tokenizer_json(tmp_path / "base", 100, [(0, "<s>", True)])
+    _tokenizer_json(tmp_path / "run", 100, [(0, "<s>", True), (101, "<|eot_id|>", True), (100, "<|tool|>", True)])
+    tokens = added_tokens(tmp_path / "run", tmp_path / "base")
+    assert [t["content"] for t in tokens] == ["<|tool|>", "<|eot_id|>"]
+    assert merge_keys(tokens) == {"resize_vocab": True, "add_special_tokens": "<|tool|>,<|eot_id|>"}
+    assert unmergeable(tokens) is None
+    assert merge_keys([]) == {}
+    assert "comma" in unmergeable([{"id": 1, "content": "a,b", "special": True}])
+    assert "plain tokens before special" in unmergeable([{"id": 1, "content": "a", "special": False},
+                                                         {"id": 2, "content": "b", "special": True}])
+
+
+def test_resized_adapters_pass_and_pissa_is_refused_in_one_sentence(tmp_path):
+    from app.export.checks import adapter_mismatch
+
+    run = tmp_path / "run"
+    _tokenizer_json(run, 100, [(100, "<|tool|>", True)])
+    header = json.dumps({"base_model.model.model.embed_tokens.modules_to_save.default.weight":
+                         {"dtype": "F32", "shape": [128, 8], "data_offsets": [0, 0]}}).encode()
+    (run / "adapter_model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header)
+    (run / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA"}))
+    assert adapter_mismatch(run, {"vocab_size": 100}) is None  # grown by the trainer: exportable
+    _tokenizer_json(run, 100, [])
+    assert "its vocabulary has 128 tokens, the base has 100" in adapter_mismatch(run, {"vocab_size": 100})
+    _tokenizer_json(run, 100, [(100, "<|tool|>", True)])
+    (run / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "init_lora_weights": "pissa_niter_4"}))
+    assert "pissa_convert: true" in adapter_mismatch(run, {"vocab_size": 100})

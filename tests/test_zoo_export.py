@@ -8,6 +8,7 @@ the real tools in containers and the Ollama stand-in runs the real GGUF with lla
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from pathlib import Path
@@ -210,6 +211,22 @@ def test_a_stacked_adapter_is_merged_with_the_adapters_it_was_trained_on(zoo_env
     assert fidelity["gguf"]["reference"] == "peft" and fidelity["gguf"]["agreement"] >= 0.99, fidelity
     verify = answer_check(status, "zoo-stacked")
     print(f"\n[run-kinds] stacked adapter: succeeded in {seconds:.1f} s, answer {verify['reply']!r}")
+
+
+def test_a_run_whose_trainer_added_tokens_exports_with_its_own_vocabulary(zoo_env):
+    """llama3's template on a Llama 2 vocabulary (its header and end tokens are new) plus a token of the
+    user's own, trained with resize_vocab: the merge adds the same tokens in the same order."""
+    log, status, seconds = export(zoo_env["app"].url, "llama2/lora/resized", "", "", "f16", [], "zoo-resized", "",
+                                  True)
+    assert status["status"] == "succeeded", log[-3000:]
+    assert status["result"]["template"]["name"] == "llama3"
+    merge_yaml = yaml.safe_load((Path(status["result"]["workdir"]) / "merge.yaml").read_text())
+    assert merge_yaml["resize_vocab"] is True and merge_yaml["add_special_tokens"].startswith("<|tool|>,")
+    run_tok = json.loads((zoo_env["data"] / "saves/llama2/lora/resized/tokenizer.json").read_text())
+    merged_tok = json.loads((Path(status["result"]["merged_dir"]) / "tokenizer.json").read_text())
+    assert merged_tok["added_tokens"] == run_tok["added_tokens"]
+    verify = answer_check(status, "zoo-resized")
+    print(f"\n[run-kinds] resized vocabulary: succeeded in {seconds:.1f} s, answer {verify['reply']!r}")
 
 
 def test_a_checkpoint_can_be_exported(zoo_env):

@@ -9,6 +9,7 @@ import struct
 from pathlib import Path
 
 from .disk import estimate
+from .vocab import vocabulary_size
 from .plan import ExportPlan, ExportRequest
 
 _HIDDEN_INPUT_MODULES = ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj")
@@ -62,12 +63,18 @@ def adapter_mismatch(run_dir: Path, config: dict) -> str | None:
                 return (f"The adapter does not fit this base model: it was trained on hidden size {shape[1]}, "
                         f"the base has {hidden}.")
         if vocab and ("embed_tokens" in name or "lm_head" in name) and "lora" not in name and len(shape) == 2:
-            if shape[0] != vocab:
+            resized = shape[0] > vocab and (vocabulary_size(Path(run_dir)) or 0) > vocab  # the trainer added tokens
+            if shape[0] != vocab and not resized:
                 return (f"The adapter does not fit this base model: its vocabulary has {shape[0]} tokens, "
                         f"the base has {vocab}.")
     adapter_cfg = json.loads((Path(run_dir) / "adapter_config.json").read_text() or "{}")
     if adapter_cfg.get("peft_type", "LORA") != "LORA":
         return f"The run holds a {adapter_cfg.get('peft_type')} adapter; only LoRA adapters can be merged."
+    init = adapter_cfg.get("init_lora_weights")
+    if isinstance(init, str) and init.lower().startswith("pissa"):
+        return ("The run's adapter was trained with PiSSA, which changes the base weights it is relative to, and "
+                "the run does not keep those; train with pissa_convert: true and export the run's pissa_converted "
+                "folder (a plain LoRA adapter on the original base).")
     return None
 
 

@@ -14,7 +14,7 @@ from ..config import Settings
 from ..docker_gateway import ToolCommand
 
 
-def merge_yaml(base_model: str, adapters: list[str], template: str, export_dir: str) -> str:
+def merge_yaml(base_model: str, adapters: list[str], template: str, export_dir: str, extra: dict | None = None) -> str:
     """LLaMA-Factory `export` config: merge the LoRA adapters into the base model on CPU, in order (a run
     trained on top of other adapters lists them first, as training merged them)."""
     config = {
@@ -27,6 +27,7 @@ def merge_yaml(base_model: str, adapters: list[str], template: str, export_dir: 
         "export_size": 5,
         "export_device": "cpu",
         "export_legacy_format": False,
+        **(extra or {}),  # e.g. resize_vocab and the tokens training added (app.export.vocab)
     }
     # ASCII-only output: every other character is written as an escape, so no value (a NEL or a line
     # separator in a path, say) can be folded or re-read differently by LLaMA-Factory's YAML loader.

@@ -92,42 +92,60 @@ def tokenize(ctx: StageContext, gguf: Path, text: str) -> list[int]:
     return parse_ids(lines)
 
 
+def same_text(train: list[int], served: list[int], pieces: dict[int, str]) -> bool:
+    """The same text split into other tokens: the vocabulary pieces of both read the same end to end (a
+    SentencePiece model encodes LLaMA-Factory's separately tokenized segments in ways no single string
+    reproduces)."""
+    return all(i in pieces for i in (*train, *served)) and \
+        "".join(pieces[i] for i in train) == "".join(pieces[i] for i in served)
+
+
 def check(ctx: StageContext, serving: dict, fmt: dict, gguf: Path, adds_bos: bool) -> dict:
     """Choose the first candidate template whose served ids are training's; sets serving["template"].
-    Raises StageFailed naming the first differing token when none does."""
+
+    When none gives training's ids but the first renders training's very text (only split into other
+    tokens), that one is used and the result says so (a warning the user judges). Otherwise StageFailed,
+    naming the first differing token."""
     system_prompt = ctx.request.system_prompt
     convs = checked_conversations(fmt, system_prompt)
-    tried: list[tuple[str, str, list[int], list[int]]] = []
+    tried: list[tuple[str, str, dict[str, list[int]]]] = []
     for label, template in candidates(fmt, adds_bos):
         spec = create_payload("check", "", {**serving, "template": template}, system_prompt)
-        served: dict[str, list[int]] = {}
-        for key, conv in convs.items():
-            try:
-                text = chat_prompt(spec, conv["messages"])
-            except TemplateError as exc:
-                ctx.emit(f"{label}: cannot be rendered ({exc})")
-                break
-            served[key] = tokenize(ctx, gguf, text)
-            if served[key] != conv["train_ids"]:
-                tried.append((label, key, conv["train_ids"], served[key]))
-                break
-        else:
+        try:
+            texts = {key: chat_prompt(spec, conv["messages"]) for key, conv in convs.items()}
+        except TemplateError as exc:
+            ctx.emit(f"{label}: cannot be rendered ({exc})")
+            continue
+        served = {key: tokenize(ctx, gguf, text) for key, text in texts.items()}
+        if all(served[k] == c["train_ids"] for k, c in convs.items()):
             serving["template"] = template
             if tried:
                 ctx.emit(f"chat format corrected: {tried[0][0]} did not give training's prompt; {label} does")
-            for key, conv in convs.items():
+            for key in convs:
                 ctx.emit(f"chat format ({key.replace('_', ' ')}): served prompt {len(served[key])} tokens, "
                          f"token for token training's ✓")
-            return {"ok": True, "template": label, "corrected": bool(tried),
+            return {"ok": True, "template": label, "corrected": bool(tried), "same_text": True,
                     "conversations": {k: {"train_tokens": len(c["train_ids"]), "served_ids": served[k]}
                                       for k, c in convs.items()}}
+        tried.append((label, template, served))
     if not tried:
         raise StageFailed("No Ollama template for this chat format can be rendered.")
-    label, key, train, served = tried[0]
+    label, template, served = tried[0]
+    key = next(k for k, c in convs.items() if served[k] != c["train_ids"])
+    train = convs[key]["train_ids"]
     try:
-        pieces = token_pieces(gguf, set(train) | set(served))
+        pieces = token_pieces(gguf, {i for ids in served.values() for i in ids} |
+                              {i for c in convs.values() for i in c["train_ids"]})
     except (OSError, NotGGUF):
         pieces = {}
-    raise StageFailed(f"Ollama would not serve the prompt the model was trained on: "
-                      f"{difference_sentence(key, train, served, pieces)} (and no correction TuneDeck knows gives "
-                      "training's tokens). Nothing was created in Ollama.")
+    sentence = difference_sentence(key, train, served[key], pieces)
+    if all(same_text(c["train_ids"], served[k], pieces) for k, c in convs.items()):
+        serving["template"] = template
+        note = (f"the served prompt is training's text, but llama.cpp splits it into other tokens than "
+                f"LLaMA-Factory did: {sentence}")
+        ctx.emit(f"warning: {note}")
+        return {"ok": False, "template": label, "corrected": False, "same_text": True, "warning": note,
+                "conversations": {k: {"train_tokens": len(c["train_ids"]), "served_ids": served[k]}
+                                  for k, c in convs.items()}}
+    raise StageFailed(f"Ollama would not serve the prompt the model was trained on: {sentence} (and no "
+                      "correction TuneDeck knows gives training's tokens). Nothing was created in Ollama.")

@@ -50,6 +50,10 @@ EXTRA_RUNS = {
     # to the base with `default` merged, and only that chain answers as trained
     "stacked": ("default", "lora", {"adapter_name_or_path": "{zoo}/saves/llama2/lora/default",
                                     "create_new_adapter": True, "max_steps": 40, "board": True}),
+    # a template whose special tokens the vocabulary lacks, plus a token of the user's own: the trainer adds
+    # them and resizes the embeddings (CLI run: nothing but the adapter and tokenizer says so)
+    "resized": ("llama3", "lora", {"additional_target": "embed_tokens,lm_head", "resize_vocab": True,
+                                   "add_special_tokens": "<|tool|>"}),
 }
 
 

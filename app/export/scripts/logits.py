@@ -69,6 +69,22 @@ def tokenizer_check(model_dir, text_path, tokens, adds_bos, bos_id):
             "same": sum(1 for i in range(n) if ours[i] == theirs[i]) if first is not None else n}
 
 
+def fit_vocabulary(model, adapter):
+    """An adapter trained after the vocabulary grew carries whole embedding rows (modules_to_save) for
+    more tokens than the base has: resize the base to that many rows first (their values are replaced)."""
+    from safetensors import safe_open
+
+    path = os.path.join(adapter, "adapter_model.safetensors")
+    if not os.path.isfile(path):
+        return
+    with safe_open(path, "pt") as f:
+        rows = [f.get_slice(k).get_shape()[0] for k in f.keys()
+                if "embed_tokens" in k and "modules_to_save" in k and "lora" not in k]
+    if rows and rows[0] > model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(rows[0])
+        say(f"reference: the base's embeddings resized to {rows[0]} rows, as training did")
+
+
 def reference_model(model_dir, chain):
     import tempfile
 
@@ -84,7 +100,9 @@ def reference_model(model_dir, chain):
 
             model = AutoModelForCausalLM.from_pretrained(chain[0], **kwargs)
             for adapter in chain[1:-1]:
+                fit_vocabulary(model, adapter)
                 model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+            fit_vocabulary(model, chain[-1])
             model = PeftModel.from_pretrained(model, chain[-1])
             say(f"reference: {chain[0]} with {len(chain) - 1} adapter(s) applied by peft")
             return model

@@ -7,6 +7,7 @@
 import copy
 import json
 import os
+import re
 import sys
 
 if "answer" not in globals():  # run as common.py + this file; the import is for reading it alone
@@ -162,6 +163,30 @@ def elements(formatter, tok, placeholder):
                 out.append(("special", token))
         elif isinstance(slot, dict):
             raise ValueError("Dict slots are not supported.")
+    return split_specials(out, special_tokens(tok))
+
+
+def special_tokens(tok):
+    """The tokenizer's special tokens, longest first: llama.cpp parses them out of the prompt text."""
+    found = set(tok.all_special_tokens)
+    found.update(t.content for t in getattr(tok, "added_tokens_decoder", {}).values() if getattr(t, "special", False))
+    return sorted((t for t in found if t), key=len, reverse=True)
+
+
+def split_specials(elems, specials):
+    """A special token written inside a text slot is a special element of its own: llama.cpp adds the '▁'
+    after it by itself, so no space is written there (`join`)."""
+    if not specials:
+        return elems
+    pattern = re.compile("(" + "|".join(re.escape(t) for t in specials) + ")")
+    out = []
+    for kind, value in elems:
+        if kind != "text":
+            out.append((kind, value))
+            continue
+        for part in pattern.split(value):
+            if part:
+                out.append(("special" if part in specials else "text", part))
     return out
 
 

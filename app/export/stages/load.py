@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-
 import logging
+import time
 
 from ...gguf import NotGGUF, adds_bos, read_metadata
 from ...ollama import OllamaError, file_digest
@@ -73,7 +73,9 @@ def serving_format(ctx: StageContext) -> dict:
                  f"the template stops on {fmt['stops']}")
     ctx.emit(f"chat format of template {ctx.request.template}: stop={fmt['stops']}, "
              f"runtime adds BOS: {'yes' if bos else 'no'}")
+    started = time.monotonic()
     ctx.extras["prompt_check"] = prompt_check.check(ctx, ours, fmt, plan.gguf, bos)
+    ctx.job.update_result("check_seconds", prompt_check=round(time.monotonic() - started, 2))
     return ours
 
 
@@ -105,6 +107,7 @@ def run(ctx: StageContext) -> None:
         pending.append((target.name, payload))
     checks = {}
     staged: list[str] = []
+    started = time.monotonic()
     try:
         for i, (name, payload) in enumerate(pending):  # every staging model checked before any real one
             staging = f"tunedeck-check-{job.id}-{i}"
@@ -113,6 +116,7 @@ def run(ctx: StageContext) -> None:
             for status in ctx.ollama.create({**payload, "model": staging}):
                 job.check_cancel()
             checks[name] = served_count_check(ctx, staging, name)
+        job.update_result("check_seconds", staging=round(time.monotonic() - started, 2))
         for name, payload in pending:
             job.check_cancel()
             ctx.emit(f"creating {name}")
@@ -142,6 +146,7 @@ def served_count_check(ctx: StageContext, staging: str, name: str) -> dict:
     """Ollama's own prompt length (`prompt_eval_count` on a fresh load) for each check conversation must
     be training's; otherwise the export fails and `name` is never created or replaced."""
     fmt = ctx.extras["chat_format"]
+    local = (ctx.extras.get("prompt_check") or {}).get("conversations") or {}
     out = {}
     for key, conv in prompt_check.checked_conversations(fmt, ctx.request.system_prompt).items():
         ctx.ollama.unload(staging)  # a fresh load: prompt_eval_count then counts the whole prompt
@@ -151,13 +156,14 @@ def served_count_check(ctx: StageContext, staging: str, name: str) -> dict:
                 last = chunk
         ctx.job.check_cancel()
         served, train = last.get("prompt_eval_count"), conv["train_tokens"]
+        expected = len(local[key]["served_ids"]) if key in local else train  # what TuneDeck's own check found
         out[key] = {"served_tokens": served, "train_tokens": train}
         ctx.emit(f"{name}: Ollama's prompt ({key.replace('_', ' ')}) {served} tokens, training's {train} "
-                 + ("✓" if served == train else "✗"))
-        if served != train:
+                 + ("✓" if served == train else "(the same text, as checked)" if served == expected else "✗"))
+        if served != expected:
             raise StageFailed(f"Ollama builds a {served}-token prompt for the {key.replace('_', ' ')} conversation "
                               f"where training had {train} tokens (TuneDeck's own rendering of the same template "
-                              f"gives training's tokens, so this Ollama renders or tokenizes it differently); "
+                              f"gives {expected}, so this Ollama renders or tokenizes it differently); "
                               f"{name} was not created or replaced.")
     return out
 

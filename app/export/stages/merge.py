@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .. import commands
 from ..jobs import StageFailed
+from ..vocab import added_tokens, merge_keys, unmergeable
 from . import StageContext
 
 # Files llama.cpp's converter reads to build the GGUF vocabulary; LLaMA-Factory's export saves only
@@ -30,8 +31,23 @@ def run(ctx: StageContext) -> None:
             if req.run.prior_adapters:
                 ctx.emit(f"the run was trained on top of {len(req.run.prior_adapters)} adapter(s): merging "
                          f"{' → '.join(chain)} in that order, as training did")
-            plan.merge_yaml.write_text(commands.merge_yaml(req.base_model, chain, req.template, str(out)))
+            tokens = added_tokens(Path(req.run.path), Path(req.base_model))
+            problem = unmergeable(tokens)
+            if problem:
+                raise StageFailed(problem)
+            if tokens:
+                ctx.emit(f"the run's trainer added {len(tokens)} token(s) to the vocabulary "
+                         f"({', '.join(t['content'] for t in tokens[:6])}): the merge adds them again in the same "
+                         "order and resizes the embeddings, as training did")
+            plan.merge_yaml.write_text(commands.merge_yaml(req.base_model, chain, req.template, str(out),
+                                                           merge_keys(tokens)))
             ctx.tools.run(ctx.job, commands.merge_command(ctx.settings, plan.merge_yaml), "merge")
+            if tokens:
+                for name in copy_run_tokenizer(Path(req.run.path), out):
+                    ctx.emit(f"{name}: the run's own (the merged model's tokenizer is the one it was trained with)")
+                if record_added_tokens(out):
+                    ctx.emit("tokenizer_config.json: added_tokens_decoder written from tokenizer.json, so llama.cpp's "
+                             "converter keeps the added tokens (and which are special)")
         else:
             linked = link_files(Path(req.run.path), out)
             ctx.emit(f"{req.run.finetuning_type} fine-tune: nothing to merge; its {linked} files are linked, "
@@ -72,3 +88,41 @@ def link_files(src: Path, dst: Path) -> int:
                 shutil.copy2(entry.path, target)
             count += 1
     return count
+
+
+RUN_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                       "chat_template.jinja")
+
+
+def copy_run_tokenizer(run: Path, merged: Path) -> list[str]:
+    """The run's tokenizer files replace what the merge wrote (a new file each: nothing is written through)."""
+    copied = []
+    for name in RUN_TOKENIZER_FILES:
+        src = run / name
+        if src.is_file():
+            tmp = merged / (name + ".tmp")
+            shutil.copyfile(src, tmp)
+            os.replace(tmp, merged / name)
+            copied.append(name)
+    return copied
+
+
+def record_added_tokens(merged: Path) -> bool:
+    """transformers 5 no longer writes `added_tokens_decoder` into tokenizer_config.json, where llama.cpp's
+    SentencePiece converter looks for added tokens: write it from tokenizer.json (a new file)."""
+    import json
+
+    try:
+        config = json.loads((merged / "tokenizer_config.json").read_text(encoding="utf-8"))
+        added = json.loads((merged / "tokenizer.json").read_text(encoding="utf-8")).get("added_tokens") or []
+    except (OSError, ValueError):
+        return False
+    if config.get("added_tokens_decoder") or not added:
+        return False
+    config["added_tokens_decoder"] = {str(t["id"]): {k: t[k] for k in ("content", "special", "lstrip", "rstrip",
+                                                                      "normalized", "single_word") if k in t}
+                                      for t in added if isinstance(t.get("id"), int)}
+    tmp = merged / "tokenizer_config.json.tmp"
+    tmp.write_text(json.dumps(config, indent=2, ensure_ascii=False), encoding="utf-8")
+    os.replace(tmp, merged / "tokenizer_config.json")
+    return True

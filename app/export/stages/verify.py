@@ -60,5 +60,7 @@ def run(ctx: StageContext) -> None:
     ctx.job.set_result("verify", verdicts)
     from .fidelity import add_causes
 
-    add_causes(ctx, [f"{name}: the model did not stop on its own within {v.get('eval_count')} tokens "
-                     f"(done_reason {v.get('done_reason')})" for name, v in verdicts.items() if not v["clean_stop"]])
+    causes = [f"{name}: the model did not stop on its own within {v.get('eval_count')} tokens "
+              f"(done_reason {v.get('done_reason')})" for name, v in verdicts.items() if not v["clean_stop"]]
+    warning = (ctx.extras.get("prompt_check") or {}).get("warning")
+    add_causes(ctx, ([warning] if warning else []) + causes)
