@@ -229,6 +229,17 @@ def test_a_run_whose_trainer_added_tokens_exports_with_its_own_vocabulary(zoo_en
     print(f"\n[run-kinds] resized vocabulary: succeeded in {seconds:.1f} s, answer {verify['reply']!r}")
 
 
+def test_dora_with_rslora_merges_as_trained(zoo_env):
+    config = json.loads((zoo_env["data"] / "saves/llama2/lora/dora/adapter_config.json").read_text())
+    assert config["use_dora"] and config["use_rslora"]
+    log, status, seconds = export(zoo_env["app"].url, "llama2/lora/dora", "", "", "f16", [], "zoo-dora", "", True)
+    assert status["status"] == "succeeded", log[-3000:]
+    assert status["result"]["fidelity"]["gguf"]["reference"] == "peft"
+    assert status["result"]["fidelity"]["gguf"]["agreement"] >= 0.99
+    verify = answer_check(status, "zoo-dora")
+    print(f"\n[run-kinds] DoRA + rsLoRA: succeeded in {seconds:.1f} s, answer {verify['reply']!r}")
+
+
 def test_a_checkpoint_can_be_exported(zoo_env):
     runs = {r["name"]: r for r in Client(zoo_env["app"].url, verbose=False).predict(api_name="/runs")}
     steps = [c["step"] for c in runs["llama2/lora/default"]["checkpoints"]]

@@ -54,6 +54,8 @@ EXTRA_RUNS = {
     # them and resizes the embeddings (CLI run: nothing but the adapter and tokenizer says so)
     "resized": ("llama3", "lora", {"additional_target": "embed_tokens,lm_head", "resize_vocab": True,
                                    "add_special_tokens": "<|tool|>"}),
+    # DoRA (a learned magnitude per column) with rsLoRA scaling (alpha / sqrt(r)): both change the merge
+    "dora": ("llama2", "lora", {"additional_target": "embed_tokens,lm_head", "use_dora": True, "use_rslora": True}),
 }
 
 
