@@ -32,10 +32,12 @@ class ExecHandle:
         self.exec_id = exec_id
         self._stream = stream
         self.pid: int | None = None
-        self._pid_ready = threading.Event()
+        self._lock = threading.Lock()
+        self._kill_grace: float | None = None  # a kill asked for before the PID was known
 
     def lines(self, on_pid: Callable[[int], None] | None = None) -> Iterator[tuple[str, str]]:
-        """Yield (channel, line) as the tool prints them; progress bars (\\r) become lines.
+        """Yield (channel, line) as the tool prints them. A redraw ended by `\\r` (a progress bar) comes on
+        channel "progress": it replaces the previous one instead of becoming a log line.
 
         `on_pid` is called with the tool's PID as soon as the wrapper reports it."""
         buffers = {"stdout": "", "stderr": ""}
@@ -44,34 +46,51 @@ class ExecHandle:
                 for channel, chunk in (("stdout", out), ("stderr", err)):
                     if not chunk:
                         continue
-                    buffers[channel] += chunk.decode("utf-8", "replace")
-                    *complete, buffers[channel] = re.split(r"\r\n|\n|\r", buffers[channel])
-                    for line in complete:
+                    text = buffers[channel] + chunk.decode("utf-8", "replace")
+                    held = "\r" if text.endswith("\r") else ""  # a \r\n may be split across chunks
+                    *parts, rest = re.split(r"(\r\n|\n|\r)", text[:-1] if held else text)
+                    buffers[channel] = rest + held
+                    for line, end in zip(parts[0::2], parts[1::2]):
+                        if end == "\r":
+                            if line.strip():
+                                yield "progress", line
+                            continue
                         if channel == "stdout" and self.pid is None and line.startswith(PID_MARKER):
-                            self.pid = int(line[len(PID_MARKER):])
-                            self._pid_ready.set()
-                            if on_pid:
-                                on_pid(self.pid)
+                            self._got_pid(int(line[len(PID_MARKER):]), on_pid)
                             continue
                         yield channel, line
         finally:
-            self._pid_ready.set()
             self.close()
         for channel, rest in buffers.items():
-            if rest:
-                yield channel, rest
+            if rest.rstrip("\r"):
+                yield channel, rest.rstrip("\r")
+
+    def _got_pid(self, pid: int, on_pid: Callable[[int], None] | None) -> None:
+        with self._lock:
+            self.pid = pid
+            pending = self._kill_grace
+        if on_pid:
+            on_pid(pid)
+        if pending is not None:  # cancelled before it started: stop it now
+            threading.Thread(target=self._signal, args=(pending,), name="tool-kill", daemon=True).start()
 
     def exit_code(self) -> int | None:
         return self.gateway.exec_exit_code(self.exec_id)
 
     def kill(self, grace: float = 3.0) -> None:
-        """SIGTERM the tool, then SIGKILL it if it is still running after `grace` seconds."""
+        """SIGTERM the tool, then SIGKILL it if it is still running after `grace` seconds.
+
+        Whenever it lands: before the wrapper has reported the PID (nobody may be reading yet), the kill
+        is remembered and sent by the reader the moment the PID arrives, so the tool never runs on."""
+        with self._lock:
+            if self.pid is None:
+                self._kill_grace = grace
+                return
+        self._signal(grace)
+
+    def _signal(self, grace: float) -> None:
         from .docker_gateway import EngineUnavailable  # the gateway module imports this one
 
-        self._pid_ready.wait(timeout=2)
-        if self.pid is None:
-            self.close()
-            return
         try:
             self.gateway.signal_pid(self.container, self.pid, "TERM")
             deadline = time.monotonic() + grace

@@ -180,7 +180,10 @@ class DockerGateway:
             params["since"] = f"{since:.9f}"
 
         def open_stream(api):
-            res = api._get(api._url("/containers/{0}/logs", container), params=params, stream=True)
+            # no read timeout: a quiet container may print nothing for hours, and the stream is closed from
+            # another thread when its viewers leave (LogChunks.close); connecting still times out
+            res = api._get(api._url("/containers/{0}/logs", container), params=params, stream=True,
+                           timeout=(self._timeout, None))
             api._raise_for_status(res)
             return res
 

@@ -7,13 +7,20 @@ from datetime import datetime, timezone
 from functools import lru_cache
 from typing import Callable, NamedTuple
 
+import regex  # the stdlib re cannot stop a search: a pathological pattern would hold the thread for minutes
+
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 MAX_FILTER = 500
+FILTER_TIMEOUT_S = 0.05  # per line: a regular expression slower than this on one line is refused
 
 
 class BadFilter(ValueError):
     pass
+
+
+class SlowFilter(BadFilter):
+    """A regular expression that ran past its time budget on a line (catastrophic backtracking)."""
 
 
 class LogLine(NamedTuple):
@@ -72,7 +79,7 @@ def split_stamp(raw: str) -> tuple[str, str]:
     return "", raw
 
 
-def make_matcher(pattern: str, regex: bool) -> Callable[[str], bool]:
+def make_matcher(pattern: str, use_regex: bool) -> Callable[[str], bool]:
     """A predicate for the filter box; a bad regex raises BadFilter with a readable reason."""
     if not isinstance(pattern, str):
         raise BadFilter("The filter must be text.")
@@ -82,12 +89,20 @@ def make_matcher(pattern: str, regex: bool) -> Callable[[str], bool]:
         raise BadFilter("The filter cannot contain a NUL character.")
     if not pattern:
         return lambda _line: True
-    if regex:
+    if use_regex:
         try:
-            compiled = re.compile(pattern, re.IGNORECASE)
-        except re.error as exc:
+            compiled = regex.compile(pattern, regex.IGNORECASE | regex.VERSION0)
+        except (regex.error, re.error) as exc:
             raise BadFilter(f"Invalid regular expression {pattern!r}: {exc}.") from None
-        return lambda line: compiled.search(line) is not None
+
+        def search(line: str) -> bool:
+            try:
+                return compiled.search(line, timeout=FILTER_TIMEOUT_S) is not None
+            except TimeoutError:
+                raise SlowFilter(f"The filter is too slow: {pattern!r} took over {FILTER_TIMEOUT_S * 1000:.0f} ms "
+                                 "on one log line; simplify the regular expression.") from None
+
+        return search
     needle = pattern.lower()
     return lambda line: needle in line.lower()
 
@@ -107,3 +122,8 @@ def render_line(line: LogLine, *, timestamps: bool, with_service: bool) -> str:
         parts.append(f"{line.service:>14} |")
     parts.append(line.text)
     return " ".join(parts)
+
+
+def filter_lines(lines: list[LogLine], matcher: Callable[[str], bool]) -> list[LogLine]:
+    """The lines the filter keeps; run it off the event loop (asyncio.to_thread): it may take a while."""
+    return [line for line in lines if shown(line, matcher)]

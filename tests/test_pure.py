@@ -32,6 +32,20 @@ def test_log_stamp_and_ansi():
     assert render_line(line, timestamps=False, with_service=False) == "hi"
 
 
+def test_a_pathological_regex_is_refused_within_its_budget():
+    import time
+
+    from app.log_filter import SlowFilter
+
+    matcher = make_matcher("(a|aa)+$", True)
+    started = time.monotonic()
+    with pytest.raises(SlowFilter, match=r"^The filter is too slow: '\(a\|aa\)\+\$' took over 50 ms on one log "
+                                         r"line; simplify the regular expression\.$"):
+        matcher("a" * 100_000 + "b")
+    assert time.monotonic() - started < 1.0  # not the minutes the stdlib re would take
+    assert make_matcher("(a|aa)+$", True)("aaaa")  # the same pattern on a line it handles
+
+
 def test_filters():
     assert make_matcher("ERR", False)("an err here")
     assert not make_matcher("ERR", False)("fine")

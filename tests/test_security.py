@@ -143,3 +143,29 @@ def test_engine_drop_and_return_while_following_leaks_nothing(tmp_path, stack):
             assert any("not reachable" in l for l in lines) and any("following again" in l for l in lines)
         assert app.runtime.logs.open_streams() <= 1
     proxy.stop()
+
+
+@pytest.mark.parametrize("when", ["before anyone reads its output", "while it runs"])
+def test_a_cancel_stops_the_tool_whenever_it_lands(stack, when):
+    """Docker has no "kill exec": the tool's PID comes from its wrapper's first line. A kill asked for before
+    that line was read is remembered and sent the moment the PID arrives, so no tool is left running."""
+    from app.docker_gateway import DockerGateway, ToolCommand
+
+    container = stack.run("llamafactory", ["sleep", "100000"])
+    gateway = DockerGateway(stack.project)
+    handle = gateway.exec_tool(ToolCommand("llamafactory", ("sh", "-c", "sleep 1; echo started; exec sleep 300")))
+    started = time.monotonic()
+    lines = []
+    if when == "before anyone reads its output":
+        handle.kill(grace=1.0)
+        lines = [line for _ch, line in handle.lines()]
+    else:
+        for _ch, line in handle.lines():
+            lines.append(line)
+            if line == "started":
+                threading.Thread(target=handle.kill, args=(1.0,), daemon=True).start()
+    assert time.monotonic() - started < 10, "the tool was not stopped"
+    assert handle.exit_code() not in (0, None) or not gateway.exec_running(handle.exec_id)
+    time.sleep(0.3)
+    ps = container.exec_run(["ps", "-o", "args"]).output.decode()
+    assert "sleep 300" not in ps, ps

@@ -134,6 +134,48 @@ def test_cancel_on_silent_container_releases_connection(app_server, stack):
     client.close()
 
 
+def test_following_a_quiet_container_keeps_its_one_connection(app_server, stack, caplog):
+    """The log request has no read timeout: 40 s of silence (the client's timeout is 15 s) makes no
+    reconnect and logs no warning."""
+    import logging
+
+    stack.run("tensorboard", ["sleep", "100000"])
+    wait_for(lambda: row(app_server, "tensorboard"), 2)
+    client = Client(app_server.url, verbose=False)
+    job = client.submit("tensorboard", 10, "", False, True, api_name="/logs")
+    try:
+        wait_for(lambda: app_server.runtime.logs.open_streams() == 1, 5)
+        with caplog.at_level(logging.WARNING):
+            time.sleep(40)
+        assert [s.opened for s in app_server.runtime.logs._streams.values()] == [1]
+        assert app_server.runtime.logs.open_streams() == 1
+        assert not [r for r in caplog.records if "log stream" in r.getMessage()], caplog.text
+    finally:
+        job.cancel()
+        client.close()
+
+
+def test_a_pathological_filter_leaves_the_app_answering(app_server, stack):
+    """`(0|00)+$` on a 1 MB line of zeros (and a b) runs off the event loop with a time budget: the session
+    check and the status answer meanwhile, and the follow ends with one sentence."""
+    stack.run("tensorboard", ["sh", "-c", "printf '%01000000db\\n' 0; sleep 100000"])
+    wait_for(lambda: row(app_server, "tensorboard"), 2)
+    client = Client(app_server.url, verbose=False)
+    job = client.submit("tensorboard", 10, "(0|00)+$", True, False, api_name="/logs")
+    latencies = []
+    deadline = time.monotonic() + 20
+    while not job.done() and time.monotonic() < deadline:
+        t0 = time.monotonic()
+        assert httpx.get(app_server.url + "/_tunedeck/status", timeout=5).status_code == 200
+        assert httpx.get(app_server.url + "/_tunedeck/auth", timeout=5).status_code in (200, 401)
+        latencies.append(time.monotonic() - t0)
+        time.sleep(0.02)
+    with pytest.raises(Exception, match="The filter is too slow"):
+        job.result()
+    assert latencies and max(latencies) < 0.5, latencies  # the loop was never held (figures: bench/)
+    client.close()
+
+
 def test_removed_container_ends_stream_with_message(app_server, stack):
     c = stack.run("ollama", CHATTY)
     wait_for(lambda: row(app_server, "ollama"), 2)

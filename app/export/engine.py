@@ -115,8 +115,9 @@ class ExportManager:
     def _run(self, job: ExportJob, pipeline) -> None:
         ctx = StageContext(job, self.settings, self.gateway, self.ollama, self.history, self.tools)
         try:
-            for name, progress, fn in pipeline:
-                self._stage(ctx, name, progress, fn)
+            ends = [p for _, p, _ in pipeline[1:]] + [1.0]
+            for (name, progress, fn), end in zip(pipeline, ends):
+                self._stage(ctx, name, progress, fn, end)
             job.status = "succeeded"
             job.progress = 1.0
             job.emit(f"export finished in {time.time() - job.started:.1f} s", "done")
@@ -146,10 +147,11 @@ class ExportManager:
                 self._file_lock.release()
             job.done_event.set()
 
-    def _stage(self, ctx: StageContext, stage: str, progress: float, fn: Callable[[StageContext], None]) -> None:
+    def _stage(self, ctx: StageContext, stage: str, progress: float, fn: Callable[[StageContext], None],
+               end: float = 1.0) -> None:
         job = ctx.job
         job.check_cancel()
-        job.enter_stage(stage, progress)
+        job.enter_stage(stage, progress, end)
         start = time.time()
         job.emit(f"— {stage} —", stage)
         try:

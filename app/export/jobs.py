@@ -60,6 +60,8 @@ class ExportJob:
     _lock: threading.RLock = field(default_factory=threading.RLock)
     _exec: ExecHandle | None = None
     _partials: list = field(default_factory=list)
+    activity: str = ""          # the running tool's progress line (a redrawn bar), with its ETA
+    _span: tuple = (0.0, 0.0)   # progress at the start of this stage and at the start of the next
 
     # -- log ----------------------------------------------------------------------------
     def emit(self, text: str, stage: str | None = None) -> None:
@@ -91,11 +93,21 @@ class ExportJob:
         if self.cancel_event.is_set():
             raise Cancelled()
 
-    def enter_stage(self, stage: str, progress: float) -> None:
+    def enter_stage(self, stage: str, progress: float, end: float | None = None) -> None:
         with self._lock:
             self.stage = stage
             self.progress = progress
+            self._span = (progress, max(progress, end if end is not None else progress))
+            self.activity = ""
             self._stage_status[stage] = "running"
+
+    def tool_progress(self, fraction: float, line: str, eta: str | None = None) -> None:
+        """The running tool reported `fraction` of its work: the stage's share of the bar moves with it
+        (never backwards), and its line is shown in place instead of filling the log."""
+        start, end = self._span
+        with self._lock:
+            self.progress = max(self.progress, start + (end - start) * max(0.0, min(fraction, 1.0)))
+            self.activity = line.strip()[:300] + (f" · ETA {eta}" if eta else "")
 
     def set_stage_status(self, stage: str, state: str) -> None:
         with self._lock:
@@ -133,6 +145,7 @@ class ExportJob:
         with self._lock:
             return {
                 "job_id": self.id, "status": self.status, "stage": self.stage, "progress": round(self.progress, 3),
+                "activity": self.activity if not self.finished else "",
                 "error": self.error, "stages": {s: self._stage_status.get(s, "pending") for s in self.stages},
                 "stage_seconds": self.stage_seconds(), "result": copy.deepcopy(self._result),
             }

@@ -9,6 +9,7 @@ from typing import Callable
 from ..docker_gateway import DockerGateway, EngineUnavailable, ServiceUnavailable, ToolCommand
 from .history import History
 from .jobs import Cancelled, ExportJob, StageFailed
+from .progress import read_progress
 
 
 class ToolRunner:
@@ -31,7 +32,12 @@ class ToolRunner:
                 self.history.update(job.id, result={**job.result(), "tool": {"container": handle.container,
                                                                            "pid": pid}})
 
-            for _channel, line in handle.lines(on_pid=record):
+            for channel, line in handle.lines(on_pid=record):
+                reading = read_progress(line)
+                if reading:
+                    job.tool_progress(reading.fraction, f"[{label}] {line}", reading.eta)
+                if channel == "progress":  # a redrawn bar: shown in place, not one log line per redraw
+                    continue
                 lines.append(line)
                 if on_line:
                     on_line(line)

@@ -92,7 +92,8 @@ def build(runtime: Runtime) -> dict:
             while True:
                 finished = job.finished
                 summary = job.summary()
-                state = (summary["status"], summary["stage"], tuple(summary["stages"].values()))
+                state = (summary["status"], summary["stage"], tuple(summary["stages"].values()),
+                         summary["progress"], summary["activity"])  # a tool's bar moves without new log lines
                 count = job.line_count()
                 if count != sent_lines or state != sent_state or finished:
                     sent_lines, sent_state = count, state

@@ -33,6 +33,8 @@ def progress_html(status: dict | None) -> str:
     state = status.get("status", "idle")
     stage = status.get("stage", "")
     label = {"running": f"{stage} · {pct}%", "succeeded": "done · 100%"}.get(state, f"{state} at {stage}")
+    if state == "running" and status.get("activity"):
+        label += f" · {status['activity']}"
     if state == "idle":
         label, pct = "idle", 0
     return (f'<div id="export-progress-bar" data-state="{html.escape(state)}" data-pct="{pct}" '

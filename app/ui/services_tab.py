@@ -14,7 +14,7 @@ import gradio as gr
 import pandas as pd
 
 from ..docker_gateway import EngineUnavailable, NotInProject
-from ..log_filter import BadFilter, make_matcher, render_line, render_lines, shown
+from ..log_filter import BadFilter, SlowFilter, filter_lines, make_matcher, render_line, render_lines
 from ..log_hub import Follower
 from ..runtime import Runtime
 from ..status_monitor import COLUMNS, Snapshot, format_duration
@@ -115,6 +115,17 @@ def save_download(text: str, directory: Path = DOWNLOAD_DIR, keep: int = DOWNLOA
     return Path(name)
 
 
+async def kept(lines: list, matcher) -> list:
+    """The lines a filter keeps, computed off the event loop (a regular expression can be slow); a filter
+    past its time budget ends the follow with one sentence."""
+    if matcher is None or not lines:
+        return lines
+    try:
+        return await asyncio.to_thread(filter_lines, lines, matcher)
+    except SlowFilter as exc:
+        raise gr.Error(str(exc), print_exception=False) from None
+
+
 def build(runtime: Runtime) -> dict:
     tokens = FollowTokens()
 
@@ -141,9 +152,8 @@ def build(runtime: Runtime) -> dict:
         visible: deque[str] = deque()
         try:
             first = await asyncio.to_thread(follower.initial, n)
-            for line in first:
-                if shown(line, matcher):
-                    visible.append(render_line(line, timestamps=timestamps, with_service=with_service))
+            for line in await kept(first, matcher if pattern else None):
+                visible.append(render_line(line, timestamps=timestamps, with_service=with_service))
             while len(visible) > n:
                 visible.popleft()
             header = f"following {choice} · last {n} lines · {'regex' if regex else 'text'} filter {pattern!r}" \
@@ -152,9 +162,8 @@ def build(runtime: Runtime) -> dict:
             while tokens.current(session, token):
                 await asyncio.sleep(POLL_S)
                 ended = follower.ended  # read before polling, so the last lines are never missed
-                new = follower.poll()
-                rendered = [render_line(l, timestamps=timestamps, with_service=with_service) for l in new
-                            if shown(l, matcher)]
+                new = await kept(follower.poll(), matcher if pattern else None)
+                rendered = [render_line(l, timestamps=timestamps, with_service=with_service) for l in new]
                 if rendered:
                     visible.extend(rendered)
                     if len(visible) > MAX_VISIBLE + TRIM_SLACK:
@@ -178,13 +187,12 @@ def build(runtime: Runtime) -> dict:
         follower = Follower(runtime.logs, targets)
         try:
             first = await asyncio.to_thread(follower.initial, n)
-            keep = (lambda batch: batch) if not (pattern or "") else \
-                (lambda batch: [l for l in batch if shown(l, matcher)])
-            yield "\n".join(render_lines(keep(first), timestamps=timestamps, with_service=with_service))
+            yield "\n".join(render_lines(await kept(first, matcher if pattern else None), timestamps=timestamps,
+                                          with_service=with_service))
             while True:
                 await asyncio.sleep(POLL_S)
                 ended = follower.ended  # read before polling, so the last lines are never missed
-                new = keep(follower.poll())
+                new = await kept(follower.poll(), matcher if pattern else None)
                 if new:
                     yield "\n".join(render_lines(new, timestamps=timestamps, with_service=with_service))
                 if ended:
