@@ -25,7 +25,8 @@ def prepare(ctx: StageContext, mode: str) -> dict:
     req = ctx.request
     run = "" if req.base_only else req.run.path
     scripts = Path(__file__).with_name("scripts")
-    key = ("prepare", file_fingerprint(scripts / "common.py", scripts / "templates.py"), mode, req.template, file_fingerprint(*(Path(run) / n for n in TOKENIZER_FILES)) if run else "",
+    key = ("prepare", file_fingerprint(scripts / "common.py", scripts / "templates.py"), mode, req.template,
+           file_fingerprint(*(Path(run) / n for n in TOKENIZER_FILES)) if run else "",
            file_fingerprint(*(Path(req.base_model) / n for n in TOKENIZER_FILES)))
     result, reused = cached(ctx.data_dir / "exports" / ".cache", key,
                             lambda: run_helper(ctx, "template", "prepare", run, req.base_model, req.template, mode))
