@@ -188,7 +188,8 @@ def test_the_whole_journey(journey: ComposeStack, page, screenshots):
     page.locator("#frame-tensorboard iframe").evaluate("frame => { frame.src = frame.src; }")
     tb = page.frame_locator("#frame-tensorboard iframe")
     expect(tb.locator("body")).to_contain_text("tiny-llama/lora/journey/runs/", timeout=120_000)
-    expect(tb.locator("body")).to_contain_text(re.compile(r"train/(loss|epoch|grad_norm|learning_rate)"))
+    expect(tb.locator("body")).to_contain_text(re.compile(r"train/(loss|epoch|grad_norm|learning_rate)"),
+                                             timeout=120_000)  # the scalar cards load after the run list
     page.screenshot(path=str(screenshots / "journey-tensorboard.png"))
 
     # 3. export, then chat with the model in Ollama
