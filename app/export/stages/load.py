@@ -24,6 +24,7 @@ from ..jobs import Cancelled, StageFailed
 from ..modelfile import create_payload, parse_modelfile, render_modelfile
 from ..templates import chat_format
 from . import StageContext
+from .verify import final_chunk
 
 log = logging.getLogger(__name__)
 COUNT_OPTIONS = {"num_predict": 1, "temperature": 0, "seed": 0}
@@ -150,11 +151,7 @@ def served_count_check(ctx: StageContext, staging: str, name: str) -> dict:
     out = {}
     for key, conv in prompt_check.checked_conversations(fmt, ctx.request.system_prompt).items():
         ctx.ollama.unload(staging)  # a fresh load: prompt_eval_count then counts the whole prompt
-        last = {}
-        for chunk in ctx.ollama.chat(staging, conv["messages"], COUNT_OPTIONS, should_stop=ctx.job.cancel_event.is_set):
-            if chunk.get("done"):
-                last = chunk
-        ctx.job.check_cancel()
+        _reply, last = final_chunk(ctx, staging, conv["messages"], COUNT_OPTIONS)
         served, train = last.get("prompt_eval_count"), conv["train_tokens"]
         expected = len(local[key]["served_ids"]) if key in local else train  # what TuneDeck's own check found
         out[key] = {"served_tokens": served, "train_tokens": train}
