@@ -101,6 +101,17 @@ if [ ! -f "$TOOLS_VENV/.done" ]; then
   touch "$TOOLS_VENV/.done"
 fi
 
+# --- Ray (the training queue's cluster tests start a real head and worker nodes with it) -------------
+RAY_VENV="$CACHE/venv-ray-$(key "$ROOT/.ci/ray-requirements.txt")"
+if [ ! -f "$RAY_VENV/.done" ]; then
+  log "building $RAY_VENV (ray[default]; ~1 min)"
+  rm -rf "$RAY_VENV"
+  "$PY" -m venv "$RAY_VENV"
+  "$RAY_VENV/bin/pip" install -q -r "$ROOT/.ci/ray-requirements.txt" 2>&1 | quiet_pip
+  "$RAY_VENV/bin/python" -c 'import ray; print("ray", ray.__version__)' >&2
+  touch "$RAY_VENV/.done"
+fi
+
 # --- Tiny-model zoo: real tokenizers from llama.cpp's vocab GGUFs, real LoRA training (~6 min) ---------
 ZOO="$CACHE/zoo-$(key "$ROOT/tests/tools/make_zoo.py" "$ROOT/.ci/versions.env" "$ROOT/.ci/tools-requirements.txt")"
 if [ ! -f "$ZOO/.done" ]; then
@@ -118,6 +129,7 @@ export TUNEDECK_CACHE="$CACHE"
 export TUNEDECK_ZOO="$ZOO"
 export TUNEDECK_APP_VENV="$APP_VENV"
 export TUNEDECK_TOOLS_VENV="$TOOLS_VENV"
+export TUNEDECK_RAY_VENV="$RAY_VENV"
 export TUNEDECK_LLAMACPP_APP="$LLAMA_DIR/app"
 export TUNEDECK_LLAMACPP_LIBS="$LLAMA_DIR/build/bin"
 EOF

@@ -53,6 +53,8 @@ TUNEDECK_TOKENIZE_BIN | /app/llama-tokenize | Path of `llama-tokenize` inside th
 TUNEDECK_KL_THRESHOLD | 0.05 | Quantization report: recommend the smallest type whose mean KL divergence from f16 is below this.
 TUNEDECK_FIDELITY_MIN | 0.98 | Fidelity stage: warn when the f16 GGUF agrees with the merged model on fewer top-1 tokens than this.
 TUNEDECK_OLLAMA_MIN_VERSION | 0.32.15 | Oldest Ollama an export loads into: its llama.cpp (b10488) must be at least as new as the toolbox's converter, or it may not read the GGUF's architecture and pre-tokenizer.
+TUNEDECK_RAY_ADDRESS |  | Ray dashboard / Jobs API of an existing Ray cluster (e.g. `http://ray-head:8265`): the training queue can send jobs there. Empty: trainings run on this host only.
+TUNEDECK_RAY_URL | /ray/ | Iframe URL of the Ray dashboard tab, shown when `TUNEDECK_RAY_ADDRESS` is set (same placeholders as the other tools).
 TUNEDECK_SESSION_HOURS | 168 | Lifetime of a dashboard login session in hours; the tool routes behind Caddy follow it.
 """
 ENV_VARS: tuple[EnvVar, ...] = tuple(EnvVar(*(part.strip() for part in line.split(" | ", 2)))
@@ -104,6 +106,8 @@ class Settings:
     fidelity_min: float = 0.98
     ollama_min_version: str = "0.32.15"
     session_hours: float = 168.0
+    ray_address: str = ""
+    ray_url: str = "/ray/"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -148,6 +152,8 @@ class Settings:
             fidelity_min=_number("TUNEDECK_FIDELITY_MIN", get("TUNEDECK_FIDELITY_MIN"), 0.0, 1.0),
             ollama_min_version=get("TUNEDECK_OLLAMA_MIN_VERSION"),
             session_hours=_number("TUNEDECK_SESSION_HOURS", get("TUNEDECK_SESSION_HOURS"), 0.001, 24 * 366),
+            ray_address=_url("TUNEDECK_RAY_ADDRESS", env.get("TUNEDECK_RAY_ADDRESS", "")),
+            ray_url=get("TUNEDECK_RAY_URL"),
         )
 
 
@@ -172,6 +178,14 @@ def _number(name: str, value: str, low: float, high: float) -> float:
     if not low <= number <= high:
         raise ConfigError(f"{name} must be a number from {low:g} to {high:g}, not {value!r}.")
     return number
+
+
+def _url(name: str, value: str) -> str:
+    value = value.strip().rstrip("/")
+    if value and not value.startswith(("http://", "https://")):
+        raise ConfigError(f"{name} must be an http:// or https:// address such as http://ray-head:8265, "
+                          f"not {value!r}.")
+    return value
 
 
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> str:

@@ -27,6 +27,7 @@ class Runtime:
     sessions: SessionGuard
     _exports: object = None
     _exports_lock: threading.Lock = field(default_factory=threading.Lock)
+    _training: object = None
 
     @classmethod
     def create(cls, settings: Settings) -> "Runtime":
@@ -39,8 +40,9 @@ class Runtime:
         self.monitor.start()
         try:
             self.exports  # recover after a crash now: interrupted jobs, half-written files
+            self.training  # re-attach to trainings still running, start what is queued
         except DataDirUnavailable:
-            pass  # the Export tab says so
+            pass  # the Export and Train tabs say so
         return self
 
     @property
@@ -60,6 +62,24 @@ class Runtime:
                     ) from exc
             return self._exports
 
+    @property
+    def training(self):
+        """The training queue, created (and its scheduler started) on first use."""
+        from .training.queue import TrainingQueue
+
+        self.exports  # the data dir must be usable (raises DataDirUnavailable like it)
+        with self._exports_lock:
+            if self._training is None:
+                self._training = TrainingQueue(self.settings, self.gateway, start_export=self._export_run).start()
+            return self._training
+
+    def _export_run(self, run: str, options: dict) -> str:
+        """'Export when done': the finished run exported with the settings saved with its job."""
+        from .export.plan import build_request
+
+        request = build_request(self.settings.data_dir, run=run, **options)
+        return self.exports.start(request).id
+
     def shutdown(self, timeout: float) -> bool:
         """Stop for good: cancel a running export (tool killed, partial files removed, history says
         `cancelled`) within `timeout` seconds, then close every background part."""
@@ -70,6 +90,8 @@ class Runtime:
         return done
 
     def close(self) -> None:
+        if self._training is not None:
+            self._training.close()  # the trainers keep running; a restarted app re-attaches to them
         self.sessions.close()
         self.logs.close()
         self.monitor.close()

@@ -12,7 +12,7 @@ from starlette.responses import JSONResponse, Response
 
 from ..runtime import Runtime
 from ..sessions import AUTH_PATH
-from . import datasets_tab, export_tab, playground_tab, runs_tab, services_tab
+from . import datasets_tab, export_tab, playground_tab, runs_tab, services_tab, train_tab
 from .tool_tabs import TB_HINT, ToolTab, build_tool_tab, frame_html, has_event_files, request_origin, resolve_url
 
 STATUS_PATH = "/_tunedeck/status"
@@ -33,6 +33,7 @@ def tool_tabs(runtime: Runtime) -> list[ToolTab]:
         ToolTab("dataset", "Dataset prep", s.dataset_service, s.dataset_url),
         ToolTab("training", "Training", s.llamafactory_service, s.training_url),
         ToolTab("tensorboard", "TensorBoard", s.tensorboard_service, s.tensorboard_url),
+        *([ToolTab("ray", "Ray", "", s.ray_url)] if s.ray_address else []),
     ]
 
 
@@ -71,6 +72,7 @@ def build_app(runtime: Runtime, login: bool = False) -> gr.Blocks:
             frames = [build_tool_tab(tools[0])]
             datasets = datasets_tab.build(runtime)
             frames += [build_tool_tab(tool) for tool in tools[1:]]
+            train = train_tab.build(runtime)
             runs = runs_tab.build(runtime)
             export = export_tab.build(runtime)
             playground = playground_tab.build(runtime)
@@ -114,6 +116,11 @@ def build_app(runtime: Runtime, login: bool = False) -> gr.Blocks:
         demo.load(runs["refresh"], [runs["select"], runs["state"]], runs["outputs"], api_visibility="private")
         runs["export_button"].click(runs["export_target"], [runs["select"]], [export["run"], tabs],
                                     api_visibility="private")
+        runs["again_button"].click(runs["again_target"], [runs["select"]], [train["config"], tabs],
+                                   api_visibility="private")
+        demo.load(train["gpu_markdown"], None, [train["gpu_panel"]], api_visibility="private")
+        demo.load(lambda: gr.update(choices=train["runs_with_args"]()), None, [train["again"]],
+                  api_visibility="private")
         compare_outputs = [playground["note"], playground["models"], tabs]
 
         async def compare_run(run: str):

@@ -5,7 +5,9 @@ from __future__ import annotations
 import gradio as gr
 import pandas as pd
 
-from ..runtime import Runtime
+from ..export.validation import InvalidInput
+from ..runtime import DataDirUnavailable, Runtime
+from ..training.request import train_again_yaml
 from ..training.tracker import COLUMNS, RunTracker
 
 REFRESH_S = 2.0
@@ -21,19 +23,32 @@ def build(runtime: Runtime) -> dict:
         """Every run under saves/ with status and progress (public API: /training_runs)."""
         return [r.as_dict() for r in tracker.scan()]
 
+    def queued_rows() -> list[list]:
+        """Jobs of TuneDeck's queue that have not written a run yet: listed with their place in line."""
+        try:
+            jobs = runtime.training.store.queued()
+        except DataDirUnavailable:
+            return []
+        return [[j.name, j.request.get("config", {}).get("model_name_or_path", ""), "", f"queued (#{i})",
+                 "", "", "", "", "", "", "", ""] for i, j in enumerate(jobs, 1)]
+
     def refresh(selected: list[str] | None, state: dict | None):
         runs = tracker.scan()
+        waiting = [r for r in queued_rows() if r[0] not in {run.name for run in runs}]
         names = [r.name for r in runs]
         selected = [n for n in (selected or []) if n in names]
         if not selected and names:
             selected = [names[0]]
-        key = (tuple(r.row().__repr__() for r in runs), tuple(selected),
+        key = (tuple(r.row().__repr__() for r in runs), repr(waiting), tuple(selected),
                tuple(tracker.points(n) for n in selected))
         if state and state.get("key") == repr(key):
             return [gr.skip()] * 6
         loss, lr = tracker.curves(selected)
-        empty = gr.update(visible=not runs, value=EMPTY.format(saves=tracker.saves))
-        return (tracker.frame(runs), gr.update(choices=names, value=selected), loss, lr, {"key": repr(key)}, empty)
+        frame = tracker.frame(runs)
+        if waiting:
+            frame = pd.concat([pd.DataFrame(waiting, columns=COLUMNS), frame], ignore_index=True)
+        return (frame, gr.update(choices=names, value=selected), loss, lr, {"key": repr(key)},
+                gr.update(visible=not runs and not waiting, value=EMPTY.format(saves=tracker.saves)))
 
     def replot(selected: list[str] | None):
         loss, lr = tracker.curves(selected or [])
@@ -53,6 +68,16 @@ def build(runtime: Runtime) -> dict:
             raise gr.Error(f"Only finished runs can be exported: {states}.", print_exception=False)
         return gr.update(value=finished[-1].name), gr.Tabs(selected="export")
 
+    def again_target(selected: list[str] | None):
+        """The most recently selected run's arguments, with a fresh output_dir, into the Train tab's form."""
+        if not selected:
+            raise gr.Error("Select a run first.", print_exception=False)
+        try:
+            text = train_again_yaml(runtime.settings.data_dir, selected[-1])
+        except InvalidInput as exc:
+            raise gr.Error(str(exc), print_exception=False) from None
+        return text, gr.Tabs(selected="train")
+
     with gr.Tab("Runs", id="runs", elem_id="tab-runs"):
         empty = gr.Markdown(EMPTY.format(saves=tracker.saves), elem_id="runs-empty")
         table = gr.Dataframe(pd.DataFrame(columns=COLUMNS), interactive=False, elem_id="runs-table",
@@ -61,6 +86,7 @@ def build(runtime: Runtime) -> dict:
             select = gr.Dropdown([], multiselect=True, label="Runs to plot (several to compare)",
                                  elem_id="runs-select", scale=4)
             export_b = gr.Button("Export this run →", elem_id="runs-export", scale=1)
+            again_b = gr.Button("Train again →", elem_id="runs-again", scale=1)
         with gr.Row():
             loss_plot = gr.LinePlot(x="step", y="value", color="series", title="Loss", elem_id="runs-loss",
                                     x_title="step", y_title="loss", height=320)
@@ -73,4 +99,4 @@ def build(runtime: Runtime) -> dict:
         select.input(replot, [select], [loss_plot, lr_plot], **private)
         gr.api(training_runs, api_name="training_runs", concurrency_limit=None)
     return {"refresh": refresh, "outputs": outputs, "select": select, "state": state, "export_button": export_b,
-            "export_target": export_target}
+            "export_target": export_target, "again_button": again_b, "again_target": again_target}

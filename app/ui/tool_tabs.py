@@ -70,7 +70,9 @@ def frame_html(tool: ToolTab, url: str, snapshot: Snapshot, note: str = "") -> s
     """The tab body: an iframe when the service runs, else one clear sentence; `note` (HTML) goes above."""
     safe_url = html.escape(url, quote=True)
     link = f'<a href="{safe_url}" target="_blank" rel="noopener" class="td-open-link">Open {html.escape(tool.title)} in a new tab ↗</a>'
-    if not snapshot.engine_ok:
+    if not tool.service:  # a tool outside the stack (an existing Ray cluster): nothing to check here
+        reason = ""
+    elif not snapshot.engine_ok:
         reason = f"{snapshot.message}, so the state of {tool.service} is unknown."
     else:
         info = snapshot.by_service(tool.service)

@@ -44,9 +44,9 @@ def running_app(settings: Settings, *, root_path: str | None = None, auth=None) 
 
 
 @contextmanager
-def app_process(settings: Settings) -> Iterator[tuple]:
+def app_process(settings: Settings, **env: str) -> Iterator[tuple]:
     """`python -m app` in its own process on the settings' project, data dir and Ollama, as users run
-    it (and as benchmarks need it: not sharing their GIL): yields (process, url). Stopped at the end
+    it (and as benchmarks need it: not sharing their GIL), with `env` on top: yields (process, url). Stopped at the end
     with SIGTERM, then killed if it has not exited within 10 s."""
     import os
     import subprocess
@@ -61,7 +61,7 @@ def app_process(settings: Settings) -> Iterator[tuple]:
         stderr=subprocess.DEVNULL,
         env={**os.environ, "TUNEDECK_PORT": str(port), "TUNEDECK_PROJECT": settings.project,
              "TUNEDECK_DATA_DIR": str(settings.data_dir), "TUNEDECK_OLLAMA_URL": settings.ollama_url,
-             "GRADIO_ANALYTICS_ENABLED": "False"})
+             "TUNEDECK_RAY_ADDRESS": settings.ray_address, "GRADIO_ANALYTICS_ENABLED": "False", **env})
     try:
         assert wait_for_port(port, 60), "the app did not start"
         yield proc, f"http://127.0.0.1:{port}"

@@ -1,0 +1,107 @@
+"""The training queue on the real toolchain: real `llamafactory-cli train` runs of the zoo's llama2 model in
+the LLaMA-Factory container, started by TuneDeck through its public API, in order, one at a time on this
+CPU-only host; a cancel mid-training, a SIGKILL and restart of the app while a trainer runs, a resume from
+a checkpoint, an export when done."""
+
+from __future__ import annotations
+
+import signal
+
+import httpx
+import pytest
+from gradio_client import Client
+
+from tests.harness import zoo
+from tests.harness.appserver import app_process, settings_for
+from tests.harness.parts import wait_for
+from tests.harness.toolbox import start_llamacpp, start_llamafactory, start_ollama
+from tests.harness.training import jobs_by_id, log_steps, train_yaml, trainer_processes, wait_jobs
+
+pytestmark = pytest.mark.tools
+ENDED = ("succeeded", "failed", "cancelled")
+
+
+def submit(client, config: str, priority: int = 0, export: dict | None = None) -> dict:
+    return client.predict(config, "all", "local", priority, None, export, api_name="/train")
+
+
+def queue_ids(client) -> list[str]:
+    return [j["id"] for j in client.predict(api_name="/train_queue") if j["state"] in ("running", "queued")]
+
+
+def test_queue_orders_cancels_survives_a_kill_resumes_and_exports(stack, tmp_path):
+    data = tmp_path / "data"
+    zoo.install(data, ("llama2",))
+    lf = start_llamafactory(stack, data)
+    start_llamacpp(stack, data)
+    ollama = start_ollama(stack)
+    settings = settings_for(tunedeck_project=stack.project, tunedeck_data_dir=str(data),
+                            tunedeck_ollama_url=ollama.url)
+    saves = data / "saves" / "llama2" / "lora"
+
+    with app_process(settings) as (proc, url):
+        client = Client(url, verbose=False)
+        with pytest.raises(Exception, match="Dataset 'nope' is not in"):
+            submit(client, train_yaml(data, "bad", 10).replace("dataset: stop_qa", "dataset: nope"))
+        with pytest.raises(Exception, match="LLaMA-Factory refuses this config: .*lora_rnak"):
+            submit(client, train_yaml(data, "typo", 10, lora_rnak=4))  # its own parser: an unknown key
+        a = submit(client, train_yaml(data, "qa", 100, save_steps=10))
+        b = submit(client, train_yaml(data, "qb", 20), export={"quant_types": [], "ollama_name": "qb-bot"})
+        c = submit(client, train_yaml(data, "qc", 40), priority=5)  # jumps ahead of B
+        assert [a["state"], b["state"], c["state"]] == ["queued"] * 3
+        jobs = wait_jobs(client, lambda j: j[a["id"]]["state"] == "running", 60, "A running")
+        assert queue_ids(client) == [a["id"], c["id"], b["id"]]  # one at a time on a host without GPUs
+        wait_for(lambda: (saves / "qa" / "checkpoint-10").is_dir(), 240, 0.3, "A's checkpoint-10")
+        client.predict(a["id"], "cancel", api_name="/train_control")
+        wait_jobs(client, lambda j: j[a["id"]]["state"] == "cancelled", 60, "A cancelled")
+        assert not [p for p in trainer_processes(lf) if a["id"] in p], "A's trainer outlived its cancel"
+        cancelled_steps = log_steps(saves / "qa")
+        assert cancelled_steps and 10 <= max(cancelled_steps) < 100
+        last = max(int(p.name.split("-")[1]) for p in (saves / "qa").glob("checkpoint-*"))
+        jobs = wait_jobs(client, lambda j: j[c["id"]]["state"] == "running", 60, "C started after A")
+        d = submit(client, train_yaml(data, "qd", 10))
+        client.predict(d["id"], "up", api_name="/train_control")  # D before B, taking B's priority
+        order = queue_ids(client)
+        assert order == [c["id"], d["id"], b["id"]]
+        running_c = jobs_by_id(client)[c["id"]]
+        assert running_c["state"] == "running", "C ended before the restart: make it longer"
+        client.close()
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+
+    assert [p for p in trainer_processes(lf) if c["id"] in p], "C's trainer did not outlive the app"
+    with app_process(settings) as (proc, url):
+        client = Client(url, verbose=False)
+        assert queue_ids(client)[1:] == order[1:]  # C may have finished while the app was away
+        jobs = jobs_by_id(client)
+        assert jobs[c["id"]]["started"] == running_c["started"] and jobs[a["id"]]["state"] == "cancelled"
+        resumed = client.predict(a["id"], "resume", api_name="/train_control")
+        assert resumed["state"] == "queued" and resumed["attempt"] == 2
+        assert resumed["resume_from"].endswith(f"checkpoint-{last}")
+        ids = (a["id"], b["id"], c["id"], d["id"])
+        jobs = wait_jobs(client, lambda j: all(j[x]["state"] in ENDED for x in ids), 600, "every job ended")
+        assert [jobs[x]["state"] for x in ids] == ["succeeded"] * 4, {x: jobs[x]["error"] for x in ids}
+        # re-attached to C, then the queue's order: D, B, and A resumed last
+        starts = sorted((jobs[x]["started"], x) for x in ids)
+        assert [s[1] for s in starts] == [c["id"], d["id"], b["id"], a["id"]]
+        steps = log_steps(saves / "qa")
+        resumed_steps = steps[len(cancelled_steps):]
+        assert resumed_steps and resumed_steps[0] > last and resumed_steps[-1] == 100, (cancelled_steps, steps)
+        log_a = client.predict(a["id"], False, api_name="/train_log")
+        assert f"attempt 2, resuming from checkpoint-{last}" in log_a and "attempt 2 succeeded" in log_a
+        runs = {r["name"]: r for r in client.predict(api_name="/training_runs")}
+        assert [runs[f"llama2/lora/{r}"]["status"] for r in ("qa", "qb", "qc", "qd")] == ["finished"] * 4
+        # B was exported when it finished, with the settings saved with its job
+        export_id = wait_for(lambda: jobs_by_id(client)[b["id"]]["export_job"], 60, 0.5, "B's export started")
+        history: dict = {}
+
+        def export_done():
+            history.update({h["id"]: h for h in client.predict(api_name="/history")})
+            return history.get(export_id, {}).get("status") in ("succeeded", "failed")
+
+        wait_for(export_done, 300, 1.0, "B's export finished")
+        assert history[export_id]["status"] == "succeeded", history[export_id].get("error")
+        models = httpx.get(ollama.url + "/api/tags", timeout=10).json()["models"]
+        assert "qb-bot:latest" in [m["name"] for m in models]
+        assert trainer_processes(lf) == []
+        client.close()
