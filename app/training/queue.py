@@ -128,11 +128,10 @@ class TrainingQueue:
     def _check_ray(self, request: TrainRequest) -> None:
         """Refuse what the cluster can never run, instead of a job that waits forever."""
         try:
-            resources = self.ray.resources()
+            totals = self.ray.totals()
         except RayUnavailable as exc:
             raise InvalidInput(str(exc)) from None
-        gpus_total = resources.get("GPU", (0.0, 0.0))[1]
-        cpus_total = resources.get("CPU", (0.0, 0.0))[1]
+        gpus_total, cpus_total = totals.get("GPU", 0.0), totals.get("CPU", 0.0)
         workers = int(request.config.get("ray_num_workers") or 1)
         if workers > 1:
             # LLaMA-Factory 0.9.5 (train/trainer_utils.py get_placement_group) reserves {"CPU": 10, "GPU": 1}

@@ -1,6 +1,5 @@
-"""An existing Ray cluster, through its documented HTTP APIs: the Jobs API (submit, status, stop, logs;
-what `JobSubmissionClient` and `ray job submit` call) and the state API's log stream (what
-`ray.util.state.get_log(follow=True)` reads).
+"""An existing Ray cluster, through its documented HTTP APIs: the Jobs API (submit, status, stop, logs; what
+`JobSubmissionClient` and `ray job submit` call) and the state API's node list (the cluster's resources).
 
 Plain httpx instead of the `ray` package: the dashboard stays a small image, and the cluster may run
 any Ray version that speaks these routes.
@@ -41,11 +40,19 @@ class RayJobs:
     def version(self) -> dict:
         return self._request("GET", "/api/version").json()
 
-    def resources(self) -> dict[str, tuple[float, float]]:
-        """{resource: (used, total)} over the cluster (CPU, GPU, memory, custom resources)."""
-        data = self._request("GET", "/api/cluster_status", params={"format": "0"}).json()
-        usage = (((data.get("data") or {}).get("clusterStatus") or {}).get("loadMetricsReport") or {}).get("usage") or {}
-        return {k: (float(v[0]), float(v[1])) for k, v in usage.items() if isinstance(v, list) and len(v) == 2}
+    def totals(self) -> dict[str, float]:
+        """{resource: total} over the cluster's live nodes (CPU, GPU, memory, custom resources), from the state
+        API (the autoscaler's summary lags a node that just joined by seconds)."""
+        data = self._request("GET", "/api/v0/nodes", params={"detail": "true", "limit": "10000"}).json()
+        nodes = ((data.get("data") or {}).get("result") or {}).get("result") or []
+        totals: dict[str, float] = {}
+        for node in nodes:
+            if node.get("state") != "ALIVE":
+                continue
+            for key, value in (node.get("resources_total") or {}).items():
+                if isinstance(value, (int, float)):
+                    totals[key] = totals.get(key, 0.0) + float(value)
+        return totals
 
     def submit(self, submission_id: str, entrypoint: str, *, env: dict[str, str] | None = None,
                num_cpus: float | None = None, num_gpus: float | None = None,
@@ -70,26 +77,18 @@ class RayJobs:
     def logs(self, submission_id: str) -> str:
         return str(self._request("GET", f"/api/jobs/{submission_id}/logs").json().get("logs") or "")
 
-    def follow_logs(self, submission_id: str, on_text: Callable[[str], None], stop: threading.Event) -> None:
-        """Stream the job's output as the driver prints it until `stop` is set (closed from its thread)."""
-        params = {"submission_id": submission_id, "lines": "-1", "interval": "0.5", "filter_ansi_code": "true"}
-        timeout = httpx.Timeout(10.0, read=None)
-        with httpx.Client(base_url=self.address, timeout=timeout) as client:
-            with client.stream("GET", "/api/v0/logs/stream", params=params) as res:
-                if res.status_code != 200:
-                    raise RayUnavailable(f"The Ray cluster gave no log stream for {submission_id} "
-                                         f"(HTTP {res.status_code}).")
-                closer = threading.Thread(target=lambda: (stop.wait(), res.close()), daemon=True)
-                closer.start()
-                try:
-                    for chunk in res.iter_text():
-                        if stop.is_set():
-                            return
-                        if chunk:
-                            on_text(chunk)
-                except httpx.HTTPError:
-                    if not stop.is_set():
-                        raise
+    def follow_logs(self, submission_id: str, on_text: Callable[[str], None], stop: threading.Event,
+                    interval: float = 2.0) -> None:
+        """Hand `on_text` the job's new output as the driver prints it, until `stop` is set. The Jobs API
+        serves the whole log on each call, so the pause between calls grows with its size (2 s, plus 1 s per
+        MB, at most 15 s)."""
+        seen = 0
+        while not stop.is_set():
+            text = self.logs(submission_id)
+            if len(text) > seen:
+                on_text(text[seen:])
+                seen = len(text)
+            stop.wait(min(15.0, interval + seen / 1e6))
 
     def close(self) -> None:
         self._client.close()
