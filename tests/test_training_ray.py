@@ -4,17 +4,21 @@ a cancel stops a running one, logs stream into the app, results land in saves/ a
 
 from __future__ import annotations
 
+import httpx
 import psutil
 import pytest
 from gradio_client import Client
 
+from app.auth import make_checker
 from tests.harness import zoo
 from tests.harness.appserver import running_app, settings_for
+from tests.harness.caddy import running_caddy
 from tests.harness.parts import wait_for
 from tests.harness.toolbox import start_llamacpp, start_llamafactory, start_ollama
 from tests.harness.training import log_steps, ray_cluster, train_yaml, wait_jobs
 
 pytestmark = pytest.mark.tools
+USER, PASSWORD = "admin", "Ray-Tab-Pw-3"
 
 
 def trainers_on_host(config_part: str) -> list[psutil.Process]:
@@ -36,8 +40,8 @@ def test_ray_cluster_runs_two_at_once_queues_the_third_cancels_and_exports(stack
     with ray_cluster(("nodeA", "nodeB"), cpus_per_worker=1) as ray:
         settings = settings_for(tunedeck_project=stack.project, tunedeck_data_dir=str(data),
                                 tunedeck_ollama_url=ollama.url, tunedeck_ray_address=ray.address)
-        with running_app(settings) as app:
-            client = Client(app.url, verbose=False)
+        with running_app(settings, auth=make_checker({USER: PASSWORD})) as app:
+            client = Client(app.url, auth=(USER, PASSWORD), verbose=False)
             with pytest.raises(Exception, match="give a number of GPUs"):
                 client.predict(train_yaml(data, "r0", 10), "all", "ray", 0, 1, None, api_name="/train")
             with pytest.raises(Exception, match="The job asks for 4 CPUs; the Ray cluster has 2"):
@@ -76,6 +80,8 @@ def test_ray_cluster_runs_two_at_once_queues_the_third_cancels_and_exports(stack
             on_ray = {j.get("submission_id"): j["status"] for j in ray.jobs()}
             assert [on_ray[f"tunedeck-{j['id']}-1"] for j in (first, second, third)] == \
                 ["STOPPED", "STOPPED", "SUCCEEDED"]
+            # the Ray dashboard tab: the cluster's own dashboard under /ray/ behind Caddy and the same login
+            dashboard_tab_is_behind_the_login(app, ray)
             # a run trained on the cluster exports like any other
             job = client.submit("llama2/lora/r3", "", "", "f16", [], "r3-bot", "", False, False, False, 0.05,
                                 api_name="/export")
@@ -90,3 +96,27 @@ def handle(app, job_id: str) -> dict:
 
 def ray_status(app, job: dict) -> str:
     return handle(app, job["id"]).get("ray_status", "")
+
+
+def dashboard_tab_is_behind_the_login(app, ray) -> None:
+    assert '"elem_id":"tab-ray"' in httpx.get(app.url + "/config", timeout=10, cookies=session(app.url)).text \
+        .replace(" ", "")
+    upstreams = {"TUNEDECK_UPSTREAM": f"127.0.0.1:{app.port}", "RAY_DASHBOARD_UPSTREAM": ray.address}
+    with running_caddy(upstreams) as caddy:
+        page = httpx.get(caddy.url + "/ray/", headers={"Accept": "text/html"}, timeout=10)
+        api = httpx.get(caddy.url + "/ray/api/jobs/", timeout=10)
+        assert page.status_code == 302 and page.headers["location"] == "/"
+        assert api.status_code == 401
+        with httpx.Client(timeout=10) as c:
+            assert c.post(caddy.url + "/login", data={"username": USER, "password": PASSWORD}).status_code == 200
+            page = c.get(caddy.url + "/ray/")
+            assert page.status_code == 200 and "<title>Ray Dashboard</title>" in page.text
+            assert 'src="./static/js/' in page.text  # relative assets: the dashboard works under /ray/
+            jobs = c.get(caddy.url + "/ray/api/jobs/").json()
+            assert {j.get("submission_id") for j in jobs} == {j.get("submission_id") for j in ray.jobs()}
+
+
+def session(url: str) -> dict:
+    r = httpx.post(url + "/login", data={"username": USER, "password": PASSWORD}, timeout=10)
+    assert r.status_code == 200
+    return dict(r.cookies)
