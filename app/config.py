@@ -54,6 +54,7 @@ TUNEDECK_KL_THRESHOLD | 0.05 | Quantization report: recommend the smallest type 
 TUNEDECK_FIDELITY_MIN | 0.98 | Fidelity stage: warn when the f16 GGUF agrees with the merged model on fewer top-1 tokens than this.
 TUNEDECK_OLLAMA_MIN_VERSION | 0.32.15 | Oldest Ollama an export loads into: its llama.cpp (b10488) must be at least as new as the toolbox's converter, or it may not read the GGUF's architecture and pre-tokenizer.
 TUNEDECK_SESSION_HOURS | 168 | Lifetime of a dashboard login session in hours; the tool routes behind Caddy follow it.
+TUNEDECK_DISK_WARN_GB | 20 | Show a banner when free space on the data dir's filesystem or on Ollama's volume falls under this many GiB (0: never); the Storage tab shows what is safe to delete.
 """
 ENV_VARS: tuple[EnvVar, ...] = tuple(EnvVar(*(part.strip() for part in line.split(" | ", 2)))
                                      for line in _TABLE.strip().splitlines())
@@ -104,6 +105,7 @@ class Settings:
     fidelity_min: float = 0.98
     ollama_min_version: str = "0.32.15"
     session_hours: float = 168.0
+    disk_warn_gb: float = 20.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -148,6 +150,7 @@ class Settings:
             fidelity_min=_number("TUNEDECK_FIDELITY_MIN", get("TUNEDECK_FIDELITY_MIN"), 0.0, 1.0),
             ollama_min_version=get("TUNEDECK_OLLAMA_MIN_VERSION"),
             session_hours=_number("TUNEDECK_SESSION_HOURS", get("TUNEDECK_SESSION_HOURS"), 0.001, 24 * 366),
+            disk_warn_gb=_number("TUNEDECK_DISK_WARN_GB", get("TUNEDECK_DISK_WARN_GB"), 0.0, 1 << 20),
         )
 
 

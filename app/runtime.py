@@ -27,6 +27,7 @@ class Runtime:
     sessions: SessionGuard
     _exports: object = None
     _exports_lock: threading.Lock = field(default_factory=threading.Lock)
+    _storage: object = None
 
     @classmethod
     def create(cls, settings: Settings) -> "Runtime":
@@ -59,6 +60,16 @@ class Runtime:
                         "set TUNEDECK_DATA_DIR."
                     ) from exc
             return self._exports
+
+    @property
+    def storage(self):
+        """The storage part (report, delete, low-disk banner); it reaches the export manager on first use."""
+        from .storage.service import StorageService
+
+        with self._exports_lock:
+            if self._storage is None:
+                self._storage = StorageService(self.settings, self.gateway, self.ollama, lambda: self.exports)
+            return self._storage
 
     def shutdown(self, timeout: float) -> bool:
         """Stop for good: cancel a running export (tool killed, partial files removed, history says
