@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,12 +83,35 @@ def _tail(path: Path, n: int = 4096) -> str:
         return ""
 
 
+_LOGS: dict[str, tuple[tuple[int, int], TrainerLogReader]] = {}  # trainer_log.jsonl read once per version
+_LOGS_LOCK = threading.Lock()
+
+
+def trainer_log(path: Path) -> TrainerLogReader:
+    """The run's log, read in full once per (size, mtime): later scans reuse it."""
+    try:
+        st = path.stat()
+        version = (st.st_size, st.st_mtime_ns)
+    except OSError:
+        version = (-1, -1)
+    with _LOGS_LOCK:
+        known = _LOGS.get(str(path))
+        if known is not None and known[0] == version:
+            return known[1]
+    reader = TrainerLogReader(path)
+    reader.read_new()
+    with _LOGS_LOCK:
+        if len(_LOGS) > 4096:
+            _LOGS.clear()
+        _LOGS[str(path)] = (version, reader)
+    return reader
+
+
 def run_facts(data_dir: Path, rel: str, checkpoint_steps: list[int], now: float | None = None) -> RunFacts:
     """The run's state as the Runs tab derives it, and (when it has checkpoints to rank) its losses."""
     path = Path(data_dir) / rel
     log = path / "trainer_log.jsonl"
-    reader = TrainerLogReader(log)
-    reader.read_new()
+    reader = trainer_log(log)
     try:
         mtime = (log if log.exists() else path / "running_log.txt").stat().st_mtime
     except OSError:
@@ -149,13 +173,16 @@ def export_rows(rows: list[dict], data_dir: Path) -> dict[Path, list[ExportRow]]
     """History rows by the export folder they name (resolved), oldest first."""
     root = Path(data_dir).resolve()
     out: dict[Path, list[ExportRow]] = {}
+    real: dict[str, Path] = {}
     for row in sorted(rows, key=lambda r: r.get("created") or 0):
         result = row.get("result") or {}
         workdir = result.get("workdir")
         if not isinstance(workdir, str) or not workdir:
             continue
-        path = Path(workdir)
-        path = (path if path.is_absolute() else root / path).resolve()
+        if workdir not in real:
+            path = Path(workdir)
+            real[workdir] = (path if path.is_absolute() else root / path).resolve()
+        path = real[workdir]
         fidelity = result.get("fidelity") or {}
         gguf = (fidelity.get("gguf") or {}).get("file")
         out.setdefault(path, []).append(ExportRow(row["id"], row.get("status") or "", row.get("created") or 0,

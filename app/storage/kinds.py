@@ -133,7 +133,7 @@ def _exports(tree: Tree, known: set[Path]) -> list[Item]:
         size, files = tree.size(folder)
         if name.startswith("."):  # .cache: the template helper's answers
             items.append(Item(folder, "other", size, files, label=f"{folder}/ (cache)"))
-        elif (tree.root / folder).resolve() not in known:
+        elif tree.root / folder not in known:  # the scan's paths hold no link: no need to resolve
             items.append(Item(folder, "orphan", size, files, group=folder, label=name))
         else:
             items += _export_folder(tree, folder)

@@ -117,8 +117,8 @@ def _judge(report: StorageReport, by_folder: dict, other_exporter: bool) -> None
                 verdicts[f"{run}/checkpoint-{s}"] = rules.Verdict(
                     False, f"the run is still training (its log was written {f.age_s or 0:.0f} s ago)")
             continue
-        kept_for = {s: f"run {on_top[(root / run / f'checkpoint-{s}').resolve()].removeprefix('saves/')} was "
-                       "trained on top of it" for s in steps if (root / run / f"checkpoint-{s}").resolve() in on_top}
+        kept_for = {s: f"run {on_top[root / run / f'checkpoint-{s}'].removeprefix('saves/')} was "
+                       "trained on top of it" for s in steps if root / run / f"checkpoint-{s}" in on_top}
         for s, v in rules.checkpoint_verdicts(steps, f.losses, f.eval_losses, f.trainer_best, f.has_final,
                                               kept_for).items():
             verdicts[f"{run}/checkpoint-{s}"] = v
@@ -130,7 +130,7 @@ def _judge(report: StorageReport, by_folder: dict, other_exporter: bool) -> None
         if item.kind == "checkpoint":
             verdict = verdicts.get(item.name)
         elif item.kind == "merged":
-            folder = (root / item.group).resolve()
+            folder = root / item.group
             verdict = rules.merged_verdict([r.as_fact(folder) for r in by_folder.get(folder, [])])
         elif item.kind == "partial":
             inside = running is not None and (running.workdir is None or

@@ -28,12 +28,15 @@ def _loss(value: float | None) -> str:
 
 def best_checkpoint(steps: list[int], losses: dict[int, float], eval_losses: dict[int, float],
                     trainer_best: int | None) -> tuple[int | None, str]:
-    """(step, how it was chosen) of the best checkpoint: the trainer's own choice, else the lowest eval loss
-    logged at or before each checkpoint's step, else the lowest train loss the same way; ties go to the later."""
+    """(step, how it was chosen) of the best checkpoint: the trainer's own choice; else the lowest eval loss
+    logged at a checkpoint's step (the trainer evaluates where it saves when it keeps a best), else at or
+    before it; else the lowest train loss logged at or before each step. Ties go to the later step."""
     if trainer_best in steps:
         return trainer_best, "the trainer's best_model_checkpoint"
-    for label, series in (("eval loss", eval_losses), ("train loss", losses)):
-        scored = [(at(series, s), s) for s in steps]
+    exact = {s: eval_losses[s] for s in steps if s in eval_losses}
+    for label, value_at in (("eval loss", exact.get if exact else lambda s: at(eval_losses, s)),
+                            ("train loss", lambda s: at(losses, s))):
+        scored = [(value_at(s), s) for s in steps]
         scored = [(v, s) for v, s in scored if v is not None]
         if scored:
             value, step = min(scored, key=lambda vs: (vs[0], -vs[1]))

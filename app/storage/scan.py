@@ -27,6 +27,7 @@ from ..runs import RUN_MARKERS
 # Names the classification looks at (runs, checkpoints, export folders); everything else is only summed.
 NOTED_NAMES = frozenset((*RUN_MARKERS, "trainer_state.json", "train_results.json", "all_results.json"))
 NOTED_SUFFIXES = (".gguf", ".partial")
+NOTED_TOPS = frozenset(("saves", "exports"))  # where runs and export files are; elsewhere only sums matter
 PROGRESS_EVERY = 5000  # files between two progress reports
 MAX_LINKS = 200        # links listed by name (all are counted)
 _DIR, _REG, _LNK, _FMT = 0o040000, 0o100000, 0o120000, 0o170000
@@ -134,12 +135,13 @@ def _link(tree: Tree, rel: str, path: str) -> None:
 
 
 def _walk_names(tree: Tree, should_stop: Callable[[], bool] | None) -> None:
-    """Folders, noted names and links of `tree.root`, from the folder listings alone (no stat)."""
+    """Folders, noted names and links of `tree.root`, from the folder listings alone (no stat). Names are
+    looked at only where the classification reads them (under NOTED_TOPS); elsewhere files are counted."""
     dirs, parent, own, files, names, noted = tree.dirs, tree.parent, tree.own, tree.files, tree.names, tree.noted
     _start(tree, 0)
-    stack = [(str(tree.root), 0)]
+    stack = [(str(tree.root), 0, True)]
     while stack:
-        path, idx = stack.pop()
+        path, idx, look = stack.pop()
         if should_stop is not None and should_stop():
             raise ScanCancelled()
         rel = dirs[idx]
@@ -156,20 +158,21 @@ def _walk_names(tree: Tree, should_stop: Callable[[], bool] | None) -> None:
                 try:
                     if entry.is_file(follow_symlinks=False):
                         nfiles += 1
-                        name = entry.name
-                        if name in NOTED_NAMES:
-                            names.setdefault(idx, set()).add(name)
-                        elif name.endswith(NOTED_SUFFIXES):
-                            noted.append(Noted(f"{rel}/{name}" if rel else name, -1, 1, False))
+                        if look:
+                            name = entry.name
+                            if name in NOTED_NAMES:
+                                names.setdefault(idx, set()).add(name)
+                            elif name.endswith(NOTED_SUFFIXES):
+                                noted.append(Noted(f"{rel}/{name}" if rel else name, -1, 1, False))
                     elif entry.is_dir(follow_symlinks=False):
                         name = entry.name
                         crel = f"{rel}/{name}" if rel else name
-                        stack.append((entry.path, len(dirs)))
+                        stack.append((entry.path, len(dirs), look and (idx != 0 or name in NOTED_TOPS)))
                         dirs.append(crel)
                         parent.append(idx)
                         own.append(0)
                         files.append(0)
-                        if name.endswith(".partial"):
+                        if look and name.endswith(".partial"):
                             noted.append(Noted(crel, 0, 1, True))
                     elif entry.is_symlink():
                         _link(tree, f"{rel}/{entry.name}" if rel else entry.name, entry.path)
@@ -185,10 +188,10 @@ def _walk_sizes(tree: Tree, progress: Callable[[int, int], None] | None,
     dirs, parent, own, files, names, noted, shared = (tree.dirs, tree.parent, tree.own, tree.files, tree.names,
                                                       tree.noted, tree.shared)
     _start(tree, os.lstat(tree.root).st_size)
-    stack = [(str(tree.root), 0)]
+    stack = [(str(tree.root), 0, True)]
     seen_files = seen_bytes = last = 0
     while stack:
-        path, idx = stack.pop()
+        path, idx, look = stack.pop()
         if should_stop is not None and should_stop():
             raise ScanCancelled()
         rel = dirs[idx]
@@ -223,20 +226,21 @@ def _walk_sizes(tree: Tree, progress: Callable[[int, int], None] | None,
                             slot[2] += 1
                     else:
                         here += size
-                    name = entry.name
-                    if name in NOTED_NAMES:
-                        names.setdefault(idx, set()).add(name)
-                    elif name.endswith(NOTED_SUFFIXES):
-                        noted.append(Noted(f"{rel}/{name}" if rel else name, size, st.st_nlink, False))
+                    if look:
+                        name = entry.name
+                        if name in NOTED_NAMES:
+                            names.setdefault(idx, set()).add(name)
+                        elif name.endswith(NOTED_SUFFIXES):
+                            noted.append(Noted(f"{rel}/{name}" if rel else name, size, st.st_nlink, False))
                 elif kind == _DIR:
                     name = entry.name
                     crel = f"{rel}/{name}" if rel else name
-                    stack.append((entry.path, len(dirs)))
+                    stack.append((entry.path, len(dirs), look and (idx != 0 or name in NOTED_TOPS)))
                     dirs.append(crel)
                     parent.append(idx)
                     own.append(st.st_size)
                     files.append(0)
-                    if name.endswith(".partial"):
+                    if look and name.endswith(".partial"):
                         noted.append(Noted(crel, 0, 1, True))
                 else:  # a link (its own bytes, as du counts them), a socket, a fifo
                     here += st.st_size
@@ -320,12 +324,12 @@ def gnu_du() -> bool:
 
 
 def scan_tree(root: Path, on_progress: Callable[[int, int], None] | None = None,
-              should_stop: Callable[[], bool] | None = None, engine: str = "auto") -> Tree:
+              should_stop: Callable[[], bool] | None = None, engine: str = "auto", resolved: bool = False) -> Tree:
     """Walk `root` (resolved first) without following links. `on_progress(count, bytes)` is called every
     few thousand files (engine "python") or few hundred folders ("du"); `should_stop()` is asked once per
     folder (then ScanCancelled). engine: "du", "python" or "auto" (du when it is GNU's)."""
     started = time.perf_counter()
-    tree = Tree(Path(root).resolve())
+    tree = Tree(Path(root) if resolved else Path(root).resolve())
     use_du = engine == "du" or (engine == "auto" and gnu_du())
     if not use_du:
         _walk_sizes(tree, on_progress, should_stop)
@@ -357,10 +361,10 @@ def scan_tree(root: Path, on_progress: Callable[[int, int], None] | None = None,
 
 
 def measure(path: Path) -> tuple[int, int, int]:
-    """(bytes, frees, files) of one folder or file, exactly: a hard-linked file frees its bytes only when
-    every one of its links is inside. A link is measured as itself."""
+    """(bytes, frees, files) of one folder or file (a path without links: from a scan), exactly: a
+    hard-linked file frees its bytes only when every one of its links is inside. A link is itself."""
     st = os.lstat(path)
     if (st.st_mode & _FMT) != _DIR:
         return st.st_size, st.st_size if st.st_nlink <= 1 else 0, 1
-    tree = scan_tree(path, engine="python")
+    tree = scan_tree(path, engine="python", resolved=True)
     return tree.total, tree.frees, tree.file_count
