@@ -12,6 +12,7 @@ import os
 import shutil
 import struct
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -81,11 +82,13 @@ def test_merged_weights_deleted_then_export_again_rebuilds_them(env):
     rel = merged.relative_to(data).as_posix()
     c = client(env)
     report = c.predict(api_name="/storage")
-    assert report["total_bytes"] == du(data) and sum(i["bytes"] for i in report["items"]) == du(data)
+    on_disk = [i for i in report["items"] if i["kind"] != "ollama"]  # Ollama's models live in its own volume
+    assert report["total_bytes"] == du(data) and sum(i["bytes"] for i in on_disk) == du(data)
     item = items(report)[rel]
     gguf = status["result"]["fidelity"]["gguf"]["file"]
     assert item["kind"] == "merged" and item["safe"] and item["deletable"]
-    assert item["reason"] == f"its GGUF {gguf} passed fidelity (export job {status['job_id']}); a re-export merges again"
+    assert item["reason"] == (f"its GGUF {gguf} passed fidelity (export job {status['job_id']}); a re-export "
+                              "merges again")
     assert item["frees"] == du(merged)
     gguf_item = items(report)[f"{Path(status['result']['workdir']).relative_to(data).as_posix()}/{gguf}"]
     assert gguf_item["kind"] == "gguf" and not gguf_item["deletable"]
@@ -132,7 +135,8 @@ def test_ollama_models_are_sized_and_deleted_through_its_api(env):
     tags = {m["name"]: m["size"] for m in httpx.get(env["ollama"].url + "/api/tags", timeout=10).json()["models"]}
     listed = {i["name"].removeprefix("ollama:"): i for i in report["items"] if i["kind"] == "ollama"}
     assert {n: i["bytes"] for n, i in listed.items()} == tags and f"{NAME}:latest" in tags
-    assert listed[f"{NAME}:latest"]["deletable"] and listed[f"{NAME}:latest"]["reason"].startswith("made by export job ")
+    ours = listed[f"{NAME}:latest"]
+    assert ours["deletable"] and not ours["safe"] and ours["reason"].startswith("made by export job ")
     # Ollama's volume, measured by df inside the Ollama container: the stand-in keeps its store on the
     # container's own filesystem, which lives on Docker's root filesystem
     space = report["free"]["ollama"]
@@ -200,7 +204,22 @@ def test_storage_tab_deletes_after_a_confirmation_naming_the_bytes(env, page, sc
 
     from playwright.sync_api import expect
 
+    from tests.harness.appserver import running_app
+
     data = env["data"]
+    # the low-disk banner: the same data dir, a threshold above what is free
+    settings = replace(env["app"].runtime.settings, disk_warn_gb=1 << 19)
+    with running_app(settings) as warned:
+        page.goto(warned.url)
+        banner = page.locator("#disk-banner")
+        expect(banner).to_contain_text(re.compile(r"Low disk: [0-9.]+ GiB free on the data directory \(" +
+                                                  re.escape(str(data)) + r"\), under 524288 GiB\. See the Storage tab"))
+        page.get_by_role("tab", name="Storage").click()  # a scan: the banner then names what is safe to delete
+        expect(page.locator("#storage-progress-state")).to_have_attribute("data-state", "done", timeout=30_000)
+        safe = warned.runtime.storage.last.safe_bytes()
+        expect(banner).to_contain_text(f"The Storage tab lists {format_bytes(safe)} that is safe to delete.",
+                                       timeout=15_000)
+
     stray = data / "exports" / "stray-ui"
     stray.mkdir(parents=True)
     (stray / "old.gguf").write_bytes(b"\0" * 300_000)

@@ -59,7 +59,8 @@ def test_merged_rule_needs_a_passed_fidelity_and_its_gguf():
     assert rules.merged_verdict([ok]) == rules.Verdict(True, "its GGUF m-f16.gguf passed fidelity (export job j2); "
                                                              "a re-export merges again")
     assert not rules.merged_verdict([{**ok, "gguf_present": False}]).safe
-    assert "did not pass fidelity (export job j3)" in rules.merged_verdict([{**ok, "job": "j3", "verdict": "warning"}]).reason
+    warned = rules.merged_verdict([{**ok, "job": "j3", "verdict": "warning"}])
+    assert not warned.safe and "did not pass fidelity (export job j3)" in warned.reason
     assert rules.merged_verdict([{**ok, "status": "failed"}]).reason == "no export from it passed fidelity yet"
     assert rules.merged_verdict([]).safe is False
 
@@ -67,7 +68,8 @@ def test_merged_rule_needs_a_passed_fidelity_and_its_gguf():
 def test_a_running_export_claims_its_folder_run_and_base(tmp_path):
     exports = tmp_path / "exports"
     running = RunningExport("j9", "merge", exports / "r-abc", (tmp_path / "saves/r", tmp_path / "models/base"))
-    assert running.conflict(exports / "r-abc/merged", exports) == "the running export (job j9, merge) uses this export folder"
+    assert running.conflict(exports / "r-abc/merged", exports) == \
+        "the running export (job j9, merge) uses this export folder"
     assert running.conflict(tmp_path / "saves/r/checkpoint-5", exports) == "the running export (job j9, merge) reads r"
     assert running.conflict(tmp_path / "saves", exports) is not None  # a folder holding what it uses
     assert running.conflict(exports / "other-1", exports) is None
@@ -83,7 +85,10 @@ def test_banner_and_df_parsing():
         "that is safe to delete.")
     assert banner({"data_dir": data}, 4, 3 * GIB) == "" and banner({"data_dir": data}, 0, None) == ""
     assert banner({"ollama": FreeSpace("ollama:/root/.ollama", None, None, "no container")}, 20) == ""
-    assert "on Ollama's volume (ollama:/root/.ollama)" in banner({"ollama": FreeSpace("ollama:/root/.ollama", GIB, 9 * GIB)}, 2)
+    ollama = FreeSpace("ollama:/root/.ollama", GIB, 9 * GIB)
+    assert banner({"ollama": ollama}, 2) == (
+        "⚠️ Low disk: 1.0 GiB free on Ollama's volume (ollama:/root/.ollama), under 2 GiB. Delete Ollama models you "
+        "no longer serve in the Storage tab.")
     out = ["@@ollama-models /root/.ollama", "Filesystem     1024-blocks      Used Available Capacity Mounted on",
            "/dev/sdb 1 2 3 4 5  x", "my disk with spaces   263112772  26112772 230000000      11% /mnt/a b"]
     assert parse_df(out) == ("/root/.ollama", 230000000 * 1024, 263112772 * 1024)
@@ -116,7 +121,8 @@ def test_the_scan_agrees_with_du_and_never_follows_a_link(tmp_path, outside, eng
     (data / "odd\ndir" / "f").write_bytes(b"f" * 20)
     tree = scan_tree(data, engine=engine)
     assert tree.total == du(data) < 3 << 20  # what du -sb says, without what the links point to
-    assert sorted(tree.links) == [("exports/stray/to-outside", str(outside)), ("saves/m/big.bin", str(outside / "big.bin"))]
+    assert sorted(tree.links) == [("exports/stray/to-outside", str(outside)),
+                                  ("saves/m/big.bin", str(outside / "big.bin"))]
     assert tree.file_count == 6  # w.bin, adapter_config.json, x.gguf, hard.gguf, "odd\nname", "odd\ndir"/f
     assert tree.size("odd\ndir") == (du(data / "odd\ndir"), 1)
     assert tree.size("saves/m/run/checkpoint-5") == (du(data / "saves/m/run/checkpoint-5"), 1)

@@ -95,8 +95,12 @@ def build(data_dir: Path, history: History | None, running_job=None, *, other_ex
     if not report.free.get("data_dir"):
         report.free["data_dir"] = data_dir_free(root)
     _judge(report, by_folder, other_exporter)
+    loaded_by = loaded_by or {}
     for model in ollama_models or []:
-        report.items.append(_ollama_item(model, running, (loaded_by or {}).get(model.get("name") or "")))
+        name = str(model.get("name") or "")
+        # loaded as `name`, listed as `name:latest`
+        job = loaded_by.get(name) or loaded_by.get(name.removesuffix(":latest"))
+        report.items.append(_ollama_item(model, running, job))
     return report
 
 

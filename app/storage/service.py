@@ -96,7 +96,8 @@ class StorageService:
             return report
 
     def _build(self, manager, running_job, on_progress=None, should_stop=None, with_ollama: bool = True,
-               other_exporter: bool = False) -> StorageReport:
+               other_exporter: bool | None = None) -> StorageReport:
+        """`other_exporter`: whether another process exports here (None: find out from the export lock)."""
         models, note, free = None, "", {"data_dir": data_dir_free(self.settings.data_dir)}
         if with_ollama:
             try:
@@ -104,9 +105,10 @@ class StorageService:
             except OllamaError as exc:
                 note = f"Ollama's models are not listed: {exc}"
             free["ollama"] = self.ollama_space()
-        if running_job is None or running_job.finished:
+        if running_job is not None and running_job.finished:
             running_job = None
-            other_exporter = other_exporter or self._other_exporter(manager)
+        if other_exporter is None:
+            other_exporter = running_job is None and self._other_exporter(manager)
         return build(self.settings.data_dir, manager.history, running_job, other_exporter=other_exporter,
                      ollama_models=models, ollama_note=note, loaded_by=manager.history.loaded_models(), free=free,
                      on_progress=on_progress, should_stop=should_stop)

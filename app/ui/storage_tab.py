@@ -68,9 +68,11 @@ def build(runtime: Runtime) -> dict:
             except (DataDirUnavailable, ScanCancelled) as exc:
                 raise gr.Error(str(exc) or "The scan was stopped.", print_exception=False) from None
         finally:
-            stop.set()
+            if not task.done():  # the page went away: stop the walk; its ScanCancelled is expected
+                stop.set()
+                task.add_done_callback(lambda t: t.cancelled() or t.exception())
         names, _safe = deletable(report)
-        yield (progress_html(f"Scanned in {report['scan']['seconds']:.2f} s.", done=True), summary_markdown(report),
+        yield (progress_html(f"Scanned in {report['scan']['seconds']:.2f} s.", "done"), summary_markdown(report),
                kinds_frame(report), items_frame(report, safe_only), gr.update(choices=names, value=[]), report,
                gr.update(visible=False))
 
@@ -110,12 +112,13 @@ def build(runtime: Runtime) -> dict:
     with gr.Tab("Storage", id="storage", elem_id="tab-storage") as tab:
         with gr.Row():
             scan_b = gr.Button("↻ Scan", elem_id="storage-scan", scale=1)
-            progress_box = gr.HTML(progress_html("Not scanned yet.", done=True), elem_id="storage-progress")
+            progress_box = gr.HTML(progress_html("Not scanned yet.", "idle"), elem_id="storage-progress",
+                                   scale=4)
         summary = gr.Markdown(summary_markdown(None), elem_id="storage-summary")
         kinds = gr.Dataframe(headers=KIND_COLUMNS, interactive=False, elem_id="storage-kinds")
         safe_only = gr.Checkbox(False, label="Only what is safe to delete", elem_id="storage-safe-only")
         items = gr.Dataframe(headers=ITEM_COLUMNS, interactive=False, elem_id="storage-items", max_height=420,
-                             wrap=True)
+                             wrap=True, column_widths=["30%", "9%", "8%", "8%", "5%", "40%"])
         with gr.Row():
             chosen = gr.Dropdown([], multiselect=True, label="Items to delete", elem_id="storage-choose", scale=4)
             all_safe = gr.Button("Choose everything safe", elem_id="storage-choose-safe", scale=1)

@@ -10,7 +10,7 @@ from ..storage.kinds import KINDS
 from ..storage.rules import format_bytes
 
 KIND_COLUMNS = ["kind", "size", "items"]
-ITEM_COLUMNS = ["item", "kind", "size", "frees", "safe to delete", "why"]
+ITEM_COLUMNS = ["item", "kind", "size", "frees", "safe", "why"]
 _ORDER = {k: i for i, k in enumerate(KINDS)}
 
 
@@ -64,7 +64,7 @@ def deletable(report: dict | None) -> tuple[list[str], list[str]]:
     return [i["name"] for i in items], [i["name"] for i in items if i["safe"]]
 
 
-def progress_html(text: str, done: bool = False) -> str:
-    state = "done" if done else "scanning"
+def progress_html(text: str, state: str = "scanning") -> str:
+    """The scan's state in words; `data-state` is idle, scanning or done."""
     return (f'<div id="storage-progress-state" data-state="{state}" style="font-size:13px;color:#555">'
             f"{html.escape(text)}</div>")
