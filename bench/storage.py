@@ -120,8 +120,10 @@ def main() -> None:
             t, total = du()
             t_du.append(t)
             t_py.append(ours("python")[0])
-        assert result.tree.total == total, (result.tree.total, total)
-        assert result.tree.file_count == written, (result.tree.file_count, written)
+        python = ours("python")[1]
+        assert result.tree.total == total == python.tree.total, (result.tree.total, total, python.tree.total)
+        assert python.tree.file_count == written, (python.tree.file_count, written)
+        assert sorted(result.tree.dirs) == sorted(python.tree.dirs)  # the same folders, listed or from du
         m_ours, m_du, m_py = (statistics.median(x) for x in (t_ours, t_du, t_py))
         report("storage", files=written, engine=engine, report_s=round(m_ours, 3), du_s=round(m_du, 3),
                ratio=round(m_ours / m_du, 2), python_engine_s=round(m_py, 3), python_ratio=round(m_py / m_du, 2),

@@ -20,6 +20,7 @@ import pytest
 from gradio_client import Client
 
 from app.storage.rules import format_bytes
+from app.ui.export_views import verdict_markdown
 from tests.harness.stack import Stack, new_project_name
 from tests.harness.toolbox import tool_app
 from tests.harness.zoo import install
@@ -101,6 +102,7 @@ def test_merged_weights_deleted_then_export_again_rebuilds_them(env):
     row = next(j for j in c.predict(api_name="/history") if j["id"] == status["job_id"])
     assert row["result"]["deleted"][rel]["what"] == "merged"
     assert row["result"]["deleted"][rel]["bytes"] == item["frees"]
+    assert f"**Deleted since (Storage):** {rel} (merged, " in verdict_markdown(row["result"])  # the history's view
 
     partial = rel + ".partial"
     refused = {}

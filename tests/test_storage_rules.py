@@ -123,8 +123,11 @@ def test_the_scan_agrees_with_du_and_never_follows_a_link(tmp_path, outside, eng
     assert tree.total == du(data) < 3 << 20  # what du -sb says, without what the links point to
     assert sorted(tree.links) == [("exports/stray/to-outside", str(outside)),
                                   ("saves/m/big.bin", str(outside / "big.bin"))]
-    assert tree.file_count == 6  # w.bin, adapter_config.json, x.gguf, hard.gguf, "odd\nname", "odd\ndir"/f
-    assert tree.size("odd\ndir") == (du(data / "odd\ndir"), 1)
+    # w.bin, adapter_config.json, x.gguf, hard.gguf, "odd\nname", and "odd\ndir"/f where files are counted
+    # everywhere (with du, Python lists names only in the data dir itself, saves/ and exports/)
+    counted = engine == "python"
+    assert tree.file_count == 5 + counted and tree.counted("odd\ndir") is counted
+    assert tree.size("odd\ndir") == (du(data / "odd\ndir"), int(counted))
     assert tree.size("saves/m/run/checkpoint-5") == (du(data / "saves/m/run/checkpoint-5"), 1)
     # deleting the stray folder alone would not free the hard-linked GGUF: its other name stays
     size, frees, files = measure(data / "exports/stray")
@@ -254,19 +257,27 @@ def test_checkpoints_of_real_runs(zoo_data):
 
 def test_a_scan_stops_when_asked(tmp_path):
     """The Storage tab's page went away: the scan stops (ScanCancelled, no report), du included."""
-    from app.storage.scan import ScanCancelled
+    from app.storage.scan import ScanCancelled, _Du
 
     data = tmp_path / "data"
     for i in range(50):
-        (data / f"d{i}").mkdir(parents=True)
+        (data / "saves" / f"d{i}").mkdir(parents=True)
     calls = []
 
-    def stop() -> bool:
-        calls.append(time.monotonic())
-        return len(calls) > 3
+    def stop_after(n: int):
+        calls.clear()
+        return lambda: calls.append(1) or len(calls) > n
 
     for engine in ("du", "python"):
-        calls.clear()
         with pytest.raises(ScanCancelled):
-            scan_tree(data, should_stop=stop, engine=engine)
+            scan_tree(data, should_stop=stop_after(3), engine=engine)
         assert len(calls) == 4
+    # du itself is stopped too (here: one that would run for a minute)
+    du = _Du(data, None)
+    du._proc.kill()
+    du._proc.wait()
+    du._proc = subprocess.Popen(["sleep", "60"])
+    started = time.monotonic()
+    with pytest.raises(ScanCancelled):
+        du.wait(stop_after(2))
+    assert time.monotonic() - started < 5 and du._proc.poll() is not None

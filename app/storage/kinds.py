@@ -40,7 +40,7 @@ class Item:
     name: str
     kind: str
     bytes: int
-    files: int = 0
+    files: int | None = 0    # None where the scan did not count files (du's sums only)
     group: str = ""          # the run or export folder it belongs to
     label: str = ""
     detail: dict = field(default_factory=dict)
@@ -67,7 +67,7 @@ def classify(tree: Tree, known_exports: set[Path]) -> list[Item]:
             items += _hf_cache(tree)
         else:
             size, files = tree.size(top)
-            items.append(Item(top, "other", size, files, label=f"{top}/"))
+            items.append(Item(top, "other", size, files if tree.counted(top) else None, label=f"{top}/"))
         covered += tree.size(top)[0]
     rest = tree.total - covered
     if rest:
@@ -186,10 +186,12 @@ def _hf_cache(tree: Tree) -> list[Item]:
             if base.startswith(("models--", "datasets--", "spaces--")):
                 kind_, _, rest = base.partition("--")
                 size, files = tree.size(repo)
-                items.append(Item(repo, "hf_cache", size, files, label=f"{rest.replace('--', '/')} ({kind_[:-1]})"))
+                items.append(Item(repo, "hf_cache", size, files if tree.counted(repo) else None,
+                                  label=f"{rest.replace('--', '/')} ({kind_[:-1]})"))
                 repos.append(repo)
     size, files = _rest(tree, HF_CACHE, repos)
-    items.append(Item(HF_CACHE, "hf_cache", size, files, label=f"{HF_CACHE}/ (other files)"))
+    items.append(Item(HF_CACHE, "hf_cache", size, files if tree.counted(HF_CACHE) else None,
+                      label=f"{HF_CACHE}/ (other files)"))
     return items
 
 

@@ -65,7 +65,9 @@ class StorageReport:
         return {
             "data_dir": str(self.data_dir),
             "total_bytes": tree.total,
-            "scan": {"files": tree.file_count, "folders": len(tree.dirs), "seconds": round(tree.seconds, 3),
+            "scan": {"engine": tree.engine, "folders": len(tree.dirs), "seconds": round(tree.seconds, 3),
+                     # files are counted where names are read (runs, exports) with du, everywhere without
+                     "files": tree.file_count if tree.engine == "python" else None,
                      "links_not_followed": tree.link_count, "links": [list(x) for x in tree.links[:50]],
                      "errors": tree.errors[:50]},
             "free": {k: v.as_dict() for k, v in self.free.items()},
@@ -152,7 +154,8 @@ def _judge(report: StorageReport, by_folder: dict, other_exporter: bool) -> None
             conflict = running.conflict(path, exports_dir)
             if conflict:
                 item.safe, item.reason = False, conflict
-        if item.safe and other_exporter and path.is_relative_to(exports_dir):
+        if item.safe and other_exporter and (path.is_relative_to(exports_dir) or path.is_relative_to(root / "saves")):
+            # its export folder, run and checkpoints are not known here: nothing it may read is deleted
             item.safe, item.reason = False, "another TuneDeck process is exporting on this data directory"
         if item.safe:  # what deleting it gives back, exactly (its size stays the scan's: the kinds add up)
             try:

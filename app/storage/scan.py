@@ -1,15 +1,17 @@
-"""One pass over the data directory: bytes and files per folder, without following any link.
+"""One pass over the data directory: bytes per folder, without following any link.
 
-Sizes need one `lstat` per file, and in Python each costs about 1.75 times what it costs `du` (measured:
-the bare `os.scandir` + `lstat` loop over 100,000 files against `du -sb`, bench/storage.py). So the sizes
-come from GNU `du -S -b -0` (one line per folder: the bytes directly inside it), run as a child process
-while Python walks the same tree for names only (`os.scandir`, no `stat`): run markers, `.gguf` and
-`.partial` entries, links. Where `du` is not GNU's, the Python walk takes the sizes itself.
+Sizes need one `lstat` per file, and in Python each costs about twice what it costs `du` (measured: the
+Python engine below against `du -sb`, bench/storage.py). So the sizes come from GNU `du -S -b -0` (one line
+per folder: the bytes directly inside it), run as a child process, while Python lists by name only
+(`os.scandir`, no `stat`) the folders whose names the classification reads: the data dir itself, `saves/`
+(run markers, checkpoints) and `exports/` (`.gguf`, `.partial`), counting their files and links. Elsewhere
+(base models, datasets, the HF cache) only du's sums are kept. Where `du` is not GNU's, a Python walk
+with one lstat per entry takes the sizes, and counts every file.
 
-No link is ever followed: a symbolic link is listed with its target and counted as the link itself (a few
-bytes, as `du` counts it), never as what it points to. A file with several hard links is counted once, in
-the first folder the walk meets it (as `du` does); what deleting a folder really frees is measured apart
-(`measure`), counting such a file only when every one of its links is inside.
+No link is ever followed: a symbolic link is counted as the link itself (a few bytes, as `du` counts it),
+never as what it points to, and listed where Python lists names. A file with several hard links is counted
+once, in the first folder the walk meets it (as `du` does); what deleting a folder really frees is measured
+apart (`measure`), counting such a file only when every one of its links is inside.
 """
 
 from __future__ import annotations
@@ -63,9 +65,11 @@ class Tree:
     link_count: int = 0
     errors: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    engine: str = "python"
     _cum: list[int] | None = None
     _cum_files: list[int] | None = None
     _index: dict[str, int] | None = None
+    _children: dict[int, list[int]] | None = None
 
     # -- sums ------------------------------------------------------------------------------
     def _sums(self) -> None:
@@ -77,9 +81,23 @@ class Tree:
         self._cum, self._cum_files = cum, cum_files
 
     def index(self, rel: str) -> int | None:
-        if self._index is None:
+        if self._index is None or len(self._index) != len(self.dirs):
             self._index = {d: i for i, d in enumerate(self.dirs)}
         return self._index.get(rel)
+
+    def add_dir(self, rel: str, parent: int, own: int = 0) -> int:
+        self.dirs.append(rel)
+        self.parent.append(parent)
+        self.own.append(own)
+        self.files.append(0)
+        if self._index is not None:
+            self._index[rel] = len(self.dirs) - 1
+        self._children = self._cum = self._cum_files = None
+        return len(self.dirs) - 1
+
+    def counted(self, rel: str) -> bool:
+        """Whether the files under `rel` were counted (with du, only where names are listed)."""
+        return self.engine == "python" or rel.split("/", 1)[0] in NOTED_TOPS
 
     def size(self, rel: str) -> tuple[int, int]:
         """(bytes, files) of a folder: what `du -sb` gives for it within this walk (a hard-linked file
@@ -112,7 +130,13 @@ class Tree:
 
     def children(self, rel: str) -> list[str]:
         i = self.index(rel)
-        return [] if i is None else [self.dirs[j] for j in range(i + 1, len(self.dirs)) if self.parent[j] == i]
+        if i is None:
+            return []
+        if self._children is None:
+            self._children = {}
+            for j in range(1, len(self.dirs)):
+                self._children.setdefault(self.parent[j], []).append(j)
+        return [self.dirs[j] for j in self._children.get(i, [])]
 
 
 
@@ -135,13 +159,13 @@ def _link(tree: Tree, rel: str, path: str) -> None:
 
 
 def _walk_names(tree: Tree, should_stop: Callable[[], bool] | None) -> None:
-    """Folders, noted names and links of `tree.root`, from the folder listings alone (no stat). Names are
-    looked at only where the classification reads them (under NOTED_TOPS); elsewhere files are counted."""
-    dirs, parent, own, files, names, noted = tree.dirs, tree.parent, tree.own, tree.files, tree.names, tree.noted
+    """The data dir's own entries and, recursively, NOTED_TOPS: folders, files counted, noted names, links,
+    from the folder listings alone (no stat). Other folders are listed, not entered (du sums them)."""
+    dirs, files, names, noted = tree.dirs, tree.files, tree.names, tree.noted
     _start(tree, 0)
-    stack = [(str(tree.root), 0, True)]
+    stack = [(str(tree.root), 0)]
     while stack:
-        path, idx, look = stack.pop()
+        path, idx = stack.pop()
         if should_stop is not None and should_stop():
             raise ScanCancelled()
         rel = dirs[idx]
@@ -158,21 +182,18 @@ def _walk_names(tree: Tree, should_stop: Callable[[], bool] | None) -> None:
                 try:
                     if entry.is_file(follow_symlinks=False):
                         nfiles += 1
-                        if look:
-                            name = entry.name
-                            if name in NOTED_NAMES:
-                                names.setdefault(idx, set()).add(name)
-                            elif name.endswith(NOTED_SUFFIXES):
-                                noted.append(Noted(f"{rel}/{name}" if rel else name, -1, 1, False))
+                        name = entry.name
+                        if name in NOTED_NAMES:
+                            names.setdefault(idx, set()).add(name)
+                        elif name.endswith(NOTED_SUFFIXES):
+                            noted.append(Noted(f"{rel}/{name}" if rel else name, -1, 1, False))
                     elif entry.is_dir(follow_symlinks=False):
                         name = entry.name
                         crel = f"{rel}/{name}" if rel else name
-                        stack.append((entry.path, len(dirs), look and (idx != 0 or name in NOTED_TOPS)))
-                        dirs.append(crel)
-                        parent.append(idx)
-                        own.append(0)
-                        files.append(0)
-                        if look and name.endswith(".partial"):
+                        child = tree.add_dir(crel, idx)
+                        if idx or name in NOTED_TOPS:
+                            stack.append((entry.path, child))
+                        if name.endswith(".partial"):
                             noted.append(Noted(crel, 0, 1, True))
                     elif entry.is_symlink():
                         _link(tree, f"{rel}/{entry.name}" if rel else entry.name, entry.path)
@@ -188,10 +209,10 @@ def _walk_sizes(tree: Tree, progress: Callable[[int, int], None] | None,
     dirs, parent, own, files, names, noted, shared = (tree.dirs, tree.parent, tree.own, tree.files, tree.names,
                                                       tree.noted, tree.shared)
     _start(tree, os.lstat(tree.root).st_size)
-    stack = [(str(tree.root), 0, True)]
+    stack = [(str(tree.root), 0)]
     seen_files = seen_bytes = last = 0
     while stack:
-        path, idx, look = stack.pop()
+        path, idx = stack.pop()
         if should_stop is not None and should_stop():
             raise ScanCancelled()
         rel = dirs[idx]
@@ -226,21 +247,20 @@ def _walk_sizes(tree: Tree, progress: Callable[[int, int], None] | None,
                             slot[2] += 1
                     else:
                         here += size
-                    if look:
-                        name = entry.name
-                        if name in NOTED_NAMES:
-                            names.setdefault(idx, set()).add(name)
-                        elif name.endswith(NOTED_SUFFIXES):
-                            noted.append(Noted(f"{rel}/{name}" if rel else name, size, st.st_nlink, False))
+                    name = entry.name
+                    if name in NOTED_NAMES:
+                        names.setdefault(idx, set()).add(name)
+                    elif name.endswith(NOTED_SUFFIXES):
+                        noted.append(Noted(f"{rel}/{name}" if rel else name, size, st.st_nlink, False))
                 elif kind == _DIR:
                     name = entry.name
                     crel = f"{rel}/{name}" if rel else name
-                    stack.append((entry.path, len(dirs), look and (idx != 0 or name in NOTED_TOPS)))
+                    stack.append((entry.path, len(dirs)))
                     dirs.append(crel)
                     parent.append(idx)
                     own.append(st.st_size)
                     files.append(0)
-                    if look and name.endswith(".partial"):
+                    if name.endswith(".partial"):
                         noted.append(Noted(crel, 0, 1, True))
                 else:  # a link (its own bytes, as du counts them), a socket, a fifo
                     here += st.st_size
@@ -292,20 +312,43 @@ class _Du:
         self._proc.wait()
         self._thread.join(5)
 
-    def wait(self) -> None:
-        self._proc.wait()
+    def wait(self, should_stop: Callable[[], bool] | None = None) -> None:
+        """Until du has finished; ScanCancelled (du killed) as soon as `should_stop()` says so."""
+        while True:
+            try:
+                self._proc.wait(0.1)
+                break
+            except subprocess.TimeoutExpired:
+                if should_stop is not None and should_stop():
+                    self.stop()
+                    raise ScanCancelled() from None
         self._thread.join()
         for line in self._stderr.decode("utf-8", "replace").splitlines():
             if line.strip():  # "du: cannot read directory '…': Permission denied"
                 self.errors.append(line.removeprefix("du: ").strip())
 
     def sizes(self, tree: Tree) -> None:
+        """Put du's bytes on the listed folders, and add the folders only du saw (below the ones Python
+        does not enter), parents first."""
         prefix = self.root + b"/"
+        unlisted = []
         for path, n in self.own.items():
-            rel = "" if path == self.root else os.fsdecode(path[len(prefix):]) if path.startswith(prefix) else None
-            i = tree.index(rel) if rel is not None else None
-            if i is not None:  # a folder made after the names were listed is left out (the next scan has it)
+            if path == self.root:
+                tree.own[0] = n
+                continue
+            if not path.startswith(prefix):
+                continue
+            rel = os.fsdecode(path[len(prefix):])
+            i = tree.index(rel)
+            if i is not None:
                 tree.own[i] = n
+            else:
+                unlisted.append((rel, n))
+        unlisted.sort()  # a parent's path sorts before its children's
+        for rel, n in unlisted:
+            parent = tree.index(rel.rpartition("/")[0])
+            if parent is not None:  # else made after the listing, inside a folder made after it: next scan
+                tree.add_dir(rel, parent, n)
 
 
 _GNU_DU: bool | None = None
@@ -331,16 +374,17 @@ def scan_tree(root: Path, on_progress: Callable[[int, int], None] | None = None,
     started = time.perf_counter()
     tree = Tree(Path(root) if resolved else Path(root).resolve())
     use_du = engine == "du" or (engine == "auto" and gnu_du())
+    tree.engine = "du" if use_du else "python"
     if not use_du:
         _walk_sizes(tree, on_progress, should_stop)
     else:
         du = _Du(tree.root, on_progress)
         try:
             _walk_names(tree, should_stop)
+            du.wait(should_stop)
         except BaseException:
             du.stop()
             raise
-        du.wait()
         du.sizes(tree)
         tree.errors.extend(du.errors)
         noted = []

@@ -87,8 +87,9 @@ class StorageService:
         """A fresh report. A caller arriving during another scan waits for it and shares its result."""
         arrived = self._scans
         with self._scan_lock:
-            if self._scans > arrived and self._last is not None and (with_ollama or not self._last.free.get("ollama")):
-                return self._last
+            last = self._last
+            if self._scans > arrived and last is not None and (not with_ollama or "ollama" in last.free):
+                return last
             manager = self._manager()
             report = self._build(manager, manager.current, on_progress, should_stop, with_ollama)
             self._last = report

@@ -18,8 +18,10 @@ def summary_markdown(report: dict | None) -> str:
     if not report:
         return "Press **Scan** to see where the disk went."
     free = report.get("free") or {}
+    scan = report["scan"]
+    files = f"{scan['files']:,} files in " if scan.get("files") is not None else ""
     lines = [f"**{format_bytes(report['total_bytes'])}** in `{report['data_dir']}` "
-             f"({report['scan']['files']:,} files, scanned in {report['scan']['seconds']:.2f} s)."]
+             f"({files}{scan['folders']:,} folders, scanned in {scan['seconds']:.2f} s)."]
     for key, label in (("data_dir", "Data directory's filesystem"), ("ollama", "Ollama's volume")):
         space = free.get(key)
         if space:
