@@ -169,10 +169,10 @@ def huge_base(data: Path) -> str:
     header = json.dumps({"w": {"dtype": "F32", "shape": [1_000_000, 1_000_000], "data_offsets": [0, 0]}}).encode()
     (base / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header)
     run = data / "saves" / "huge" / "lora" / "run"
-    shutil.copytree(data / "saves" / "llama2" / "lora" / "board", run)
-    for name in ("training_args.yaml", "adapter_config.json"):
-        path = run / name
-        path.write_text(path.read_text().replace(str(data / "models" / "llama2"), str(base)))
+    # the run exported first, on the new base: the same tokenizer files, so its template inference is reused
+    shutil.copytree(data / "saves" / RUN, run)
+    path = run / "adapter_config.json"
+    path.write_text(path.read_text().replace(str(data / "models" / "llama2"), str(base)))
     return "huge/lora/run"
 
 
@@ -181,6 +181,7 @@ def test_not_enough_disk_says_what_could_be_freed(env):
     stray = data / "exports" / "stray-folder"
     stray.mkdir(parents=True)
     (stray / "old.gguf").write_bytes(b"\0" * (1 << 20))
+    exported(env)
     run = huge_base(data)
     c = client(env)
     try:

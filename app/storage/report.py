@@ -37,9 +37,12 @@ class StorageReport:
     trainings: dict[str, str] = field(default_factory=dict)  # run → state, for runs still training
     ollama_note: str = ""
     made: float = field(default_factory=time.time)
+    _by_name: dict = field(default_factory=dict, repr=False)
 
     def item(self, name: str) -> Item | None:
-        return next((i for i in self.items if i.name == name), None)
+        if len(self._by_name) != len(self.items):
+            self._by_name = {i.name: i for i in self.items}
+        return self._by_name.get(name)
 
     @property
     def safe_items(self) -> list[Item]:
