@@ -21,7 +21,14 @@ from .kinds import CHECKPOINT, Item, classify, run_folders, totals
 from .scan import Tree, measure, scan_tree
 
 log = logging.getLogger(__name__)
-STAGING_PREFIX = "tunedeck-check-"  # the export's load stage checks a model under this name first
+STAGING_PREFIX = "tunedeck-check-"
+KEPT = {  # why the kinds no rule frees are kept
+    "run": "a training run's own files (final weights, logs, arguments)",
+    "gguf": "a file the export delivers (deleting it means converting again)",
+    "report": "the export's evaluation and reuse files: they keep a re-export and its report fast",
+    "hf_cache": "LLaMA-Factory's download cache (HF_HOME): deleting it means downloading again",
+    "other": "not made by TuneDeck's exports (base models, datasets, databases, caches)",
+}  # the export's load stage checks a model under this name first
 SAFE_GROUPS = (("merged", "merged weights of {n} export(s)"), ("checkpoint", "{n} checkpoint(s)"),
                ("partial", "{n} stale .partial file(s)"), ("orphan", "{n} export folder(s) no history row knows"),
                ("ollama", "{n} staging model(s) in Ollama"))
@@ -147,9 +154,8 @@ def _judge(report: StorageReport, by_folder: dict, other_exporter: bool) -> None
             verdict = rules.partial_verdict(running.job if running else None, inside)
         elif item.kind == "orphan":
             verdict = rules.orphan_verdict()
-        elif item.kind == "run" and item.name in report.trainings:
-            item.reason = "still training"
         if verdict is None:
+            item.reason = "still training" if item.name in report.trainings else KEPT.get(item.kind, "")
             continue
         item.safe, item.reason = verdict.safe, verdict.reason
         path = root / item.name

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -283,9 +284,9 @@ class _Du:
         self.own: dict[bytes, int] = {}
         self.errors: list[str] = []
         self._progress = progress
+        self._err = tempfile.TemporaryFile()  # not a pipe: a flood of errors must never block du
         self._proc = subprocess.Popen(["du", "-S", "-b", "-0", "--", self.root], stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
-        self._stderr = b""
+                                      stderr=self._err, stdin=subprocess.DEVNULL)
         self._thread = threading.Thread(target=self._read, name="storage-du", daemon=True)
         self._thread.start()
 
@@ -304,13 +305,13 @@ class _Du:
             if self._progress is not None and folders - last >= 200:
                 last = folders
                 self._progress(folders, total)
-        self._stderr = self._proc.stderr.read()
 
     def stop(self) -> None:
         if self._proc.poll() is None:
             self._proc.kill()
         self._proc.wait()
         self._thread.join(5)
+        self._err.close()
 
     def wait(self, should_stop: Callable[[], bool] | None = None) -> None:
         """Until du has finished; ScanCancelled (du killed) as soon as `should_stop()` says so."""
@@ -323,9 +324,14 @@ class _Du:
                     self.stop()
                     raise ScanCancelled() from None
         self._thread.join()
-        for line in self._stderr.decode("utf-8", "replace").splitlines():
+        self._err.seek(0)
+        lines = self._err.read(1 << 20).decode("utf-8", "replace").splitlines()
+        self._err.close()
+        for line in lines[:200]:
             if line.strip():  # "du: cannot read directory '…': Permission denied"
                 self.errors.append(line.removeprefix("du: ").strip())
+        if self._proc.returncode not in (0, 1):  # 1: some folder could not be read (said above)
+            self.errors.append(f"du exited with code {self._proc.returncode}: the sizes are incomplete")
 
     def sizes(self, tree: Tree) -> None:
         """Put du's bytes on the listed folders, and add the folders only du saw (below the ones Python
