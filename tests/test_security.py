@@ -22,7 +22,8 @@ from tests.harness.sockproxy import UnixSocketProxy
 ROOT = Path(__file__).resolve().parents[1]
 SECRET = "S3cret-Value-42"
 PUBLIC_API = {"/export", "/cancel_export", "/runs", "/history", "/training_runs", "/logs", "/control", "/status",
-              "/datasets", "/register_dataset", "/quant_report", "/compare_base", "/chat", "/storage", "/storage_delete"}
+              "/datasets", "/register_dataset", "/quant_report", "/compare_base", "/chat", "/storage",
+              "/storage_delete"}
 
 
 @pytest.fixture

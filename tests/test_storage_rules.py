@@ -87,8 +87,8 @@ def test_banner_and_df_parsing():
     assert banner({"ollama": FreeSpace("ollama:/root/.ollama", None, None, "no container")}, 20) == ""
     ollama = FreeSpace("ollama:/root/.ollama", GIB, 9 * GIB)
     assert banner({"ollama": ollama}, 2) == (
-        "⚠️ Low disk: 1.0 GiB free on Ollama's volume (ollama:/root/.ollama), under 2 GiB. Delete Ollama models you "
-        "no longer serve in the Storage tab.")
+        "⚠️ Low disk: 1.0 GiB free on Ollama's volume (ollama:/root/.ollama), under 2 GiB. Delete Ollama models "
+        "you no longer serve in the Storage tab.")
     out = ["@@ollama-models /root/.ollama", "Filesystem     1024-blocks      Used Available Capacity Mounted on",
            "/dev/sdb 1 2 3 4 5  x", "my disk with spaces   263112772  26112772 230000000      11% /mnt/a b"]
     assert parse_df(out) == ("/root/.ollama", 230000000 * 1024, 263112772 * 1024)
