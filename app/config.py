@@ -56,6 +56,7 @@ TUNEDECK_OLLAMA_MIN_VERSION | 0.32.15 | Oldest Ollama an export loads into: its 
 TUNEDECK_RAY_ADDRESS |  | Ray dashboard / Jobs API of an existing Ray cluster (e.g. `http://ray-head:8265`): the training queue can send jobs there. Empty: trainings run on this host only.
 TUNEDECK_RAY_URL | /ray/ | Iframe URL of the Ray dashboard tab, shown when `TUNEDECK_RAY_ADDRESS` is set (same placeholders as the other tools).
 TUNEDECK_SESSION_HOURS | 168 | Lifetime of a dashboard login session in hours; the tool routes behind Caddy follow it.
+TUNEDECK_DISK_WARN_GB | 20 | Show a banner when free space on the data dir's filesystem or on Ollama's volume falls under this many GiB (0: never); the Storage tab shows what is safe to delete.
 """
 ENV_VARS: tuple[EnvVar, ...] = tuple(EnvVar(*(part.strip() for part in line.split(" | ", 2)))
                                      for line in _TABLE.strip().splitlines())
@@ -108,6 +109,7 @@ class Settings:
     session_hours: float = 168.0
     ray_address: str = ""
     ray_url: str = "/ray/"
+    disk_warn_gb: float = 20.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -154,6 +156,7 @@ class Settings:
             session_hours=_number("TUNEDECK_SESSION_HOURS", get("TUNEDECK_SESSION_HOURS"), 0.001, 24 * 366),
             ray_address=_url("TUNEDECK_RAY_ADDRESS", env.get("TUNEDECK_RAY_ADDRESS", "")),
             ray_url=get("TUNEDECK_RAY_URL"),
+            disk_warn_gb=_number("TUNEDECK_DISK_WARN_GB", get("TUNEDECK_DISK_WARN_GB"), 0.0, 1 << 20),
         )
 
 

@@ -42,7 +42,8 @@ class ServiceUnavailable(Exception):
 
 @dataclass(frozen=True)
 class ToolCommand:
-    """An argv to run in a compose service's container; built only by `app.export.commands`."""
+    """An argv to run in a compose service's container; built only by `app.export.commands` (and, for
+    the `df` of Ollama's volume, `app.storage.ollama_disk`)."""
 
     service: str
     argv: tuple[str, ...]

@@ -29,6 +29,9 @@ class Runtime:
     _exports_lock: threading.Lock = field(default_factory=threading.Lock)
     _training: object = None
 
+    @property
+    _storage: object = None
+
     @classmethod
     def create(cls, settings: Settings) -> "Runtime":
         gateway = DockerGateway(settings.project, base_url=settings.docker_host)
@@ -79,6 +82,16 @@ class Runtime:
 
         request = build_request(self.settings.data_dir, run=run, **options)
         return self.exports.start(request).id
+
+    @property
+    def storage(self):
+        """The storage part (report, delete, low-disk banner); it reaches the export manager on first use."""
+        from .storage.service import StorageService
+
+        with self._exports_lock:
+            if self._storage is None:
+                self._storage = StorageService(self.settings, self.gateway, self.ollama, lambda: self.exports)
+            return self._storage
 
     def shutdown(self, timeout: float) -> bool:
         """Stop for good: cancel a running export (tool killed, partial files removed, history says

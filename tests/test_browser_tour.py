@@ -6,7 +6,8 @@ from playwright.sync_api import expect
 from tests.harness.caddy import running_caddy
 
 pytestmark = pytest.mark.browser
-TABS = ["Services", "Dataset prep", "Datasets", "Training", "TensorBoard", "Runs", "Export", "Playground"]
+TABS = ["Services", "Dataset prep", "Datasets", "Training", "TensorBoard", "Train", "Runs", "Export", "Playground",
+        "Storage"]
 
 
 def test_every_tab_through_caddy(app_server, stack, caddy_bin, page, screenshots):

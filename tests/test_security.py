@@ -22,8 +22,8 @@ from tests.harness.sockproxy import UnixSocketProxy
 ROOT = Path(__file__).resolve().parents[1]
 SECRET = "S3cret-Value-42"
 PUBLIC_API = {"/export", "/cancel_export", "/runs", "/history", "/training_runs", "/logs", "/control", "/status",
-              "/datasets", "/register_dataset", "/quant_report", "/compare_base", "/chat", "/train", "/train_queue",
-              "/train_control", "/train_log", "/gpus"}
+              "/datasets", "/register_dataset", "/quant_report", "/compare_base", "/chat", "/storage",
+              "/storage_delete", "/train", "/train_queue", "/train_control", "/train_log", "/gpus"}
 
 
 @pytest.fixture

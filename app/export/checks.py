@@ -78,6 +78,11 @@ def adapter_mismatch(run_dir: Path, config: dict) -> str | None:
     return None
 
 
+def room_needed(need: int) -> int:
+    """Free bytes an export writing `need` bytes asks for: 5 % and 64 MiB of margin."""
+    return int(need * 1.05) + (64 << 20)
+
+
 def disk_problem(data_dir: Path, plan: ExportPlan, skip: set[str]) -> tuple[str | None, dict]:
     """One sentence when the data dir cannot hold what the export writes; (sentence, bytes by stage)."""
     req = plan.request
@@ -87,7 +92,7 @@ def disk_problem(data_dir: Path, plan: ExportPlan, skip: set[str]) -> tuple[str 
     parts = estimate(plan, skip, Path(model))
     need = sum(v for k, v in parts.items() if k != "ollama")
     free = shutil.disk_usage(data_dir).free
-    if need and free < need * 1.05 + (64 << 20):
+    if need and free < room_needed(need):
         detail = ", ".join(f"{k.split(':')[-1]} {v / 2**30:.1f}" for k, v in parts.items() if k != "ollama")
         return (f"Not enough free disk in {data_dir}: the export writes about {need / 2**30:.1f} GiB ({detail}), "
                 f"{free / 2**30:.1f} GiB are free."), parts

@@ -10,8 +10,9 @@ import logging
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from ..config import Settings
 from ..docker_gateway import DockerGateway, EngineUnavailable, ServiceUnavailable
@@ -64,6 +65,14 @@ class ExportManager:
     @property
     def current(self) -> ExportJob | None:
         return self._current
+
+    @contextmanager
+    def hold(self) -> Iterator[ExportJob | None]:
+        """No export starts while this is held (Storage checks and deletes files meanwhile); yields the
+        export running now, or None. Keep it short: a start waits for it."""
+        with self._lock:
+            job = self._current
+            yield job if job is not None and not job.finished else None
 
     def start(self, request: ExportRequest, pipeline=PIPELINE) -> ExportJob:
         """Register and start a job (blocking: SQLite; call it from a worker thread)."""

@@ -119,6 +119,39 @@ class History:
     def recent(self, limit: int = 50) -> list[dict]:
         return self._select(tail="ORDER BY created DESC LIMIT ?", params=(int(limit),))
 
+    def rows(self) -> list[dict]:
+        """Every job (without its log), oldest first: the Storage tab's view of which folders are known."""
+        return self._select(tail="ORDER BY created")
+
+    def mark_deleted(self, marks: dict[str, dict[str, dict]], artifacts: dict[str, list[str]] | None = None) -> None:
+        """Record, in each job's result, what Storage deleted of it: `marks` = {job id: {name: {what, bytes,
+        at}}} into result["deleted"]; `artifacts` = {job id: [artifact key]} whose file went with it get
+        "deleted" (the time). Read and written in one transaction per job."""
+        artifacts = artifacts or {}
+        with self._lock, self._db() as db:
+            for job_id, gone in marks.items():
+                row = db.execute("SELECT result FROM jobs WHERE id = ?", (job_id,)).fetchone()
+                if row is None:
+                    continue
+                result = json.loads(row["result"] or "{}")
+                result.setdefault("deleted", {}).update(gone)
+                when = max((v.get("at") or 0 for v in gone.values()), default=time.time())
+                for key in artifacts.get(job_id, []):
+                    art = (result.get("artifacts") or {}).get(key)
+                    if isinstance(art, dict):
+                        art["deleted"] = when
+                db.execute("UPDATE jobs SET result = ? WHERE id = ?", (json.dumps(result), job_id))
+
+    def forget_load(self, model: str) -> None:
+        """The model is gone from Ollama: a later export loads it again instead of reusing."""
+        with self._lock, self._db() as db:
+            db.execute("DELETE FROM ollama_loads WHERE model = ?", (model,))
+
+    def loaded_models(self) -> dict[str, str]:
+        """Ollama model → the job that loaded it last."""
+        with self._db() as db:
+            return {r["model"]: r["job_id"] for r in db.execute("SELECT model, job_id FROM ollama_loads")}
+
     def last_loaded_key(self, model: str) -> str | None:
         """Load key of the newest successful job that created Ollama model `model`."""
         with self._db() as db:

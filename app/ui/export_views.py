@@ -111,4 +111,9 @@ def verdict_markdown(result: dict | None) -> str:
     report = result.get("quant_report")
     if report:
         lines.append(f"**Recommendation:** {report['recommendation']['text']}")
+    deleted = result.get("deleted") or {}
+    if deleted:  # recorded by the Storage tab: exporting again rebuilds what an export needs
+        lines.append("**Deleted since (Storage):** " + "; ".join(
+            f"{name} ({v.get('what')}, {v.get('bytes', 0) / 2**20:.1f} MiB, {fmt_time(v.get('at'))})"
+            for name, v in deleted.items()) + ". Exporting again rebuilds what the export needs.")
     return "\n\n".join(lines)

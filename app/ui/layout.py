@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import logging
 import time
 
 import gradio as gr
@@ -12,9 +13,10 @@ from starlette.responses import JSONResponse, Response
 
 from ..runtime import Runtime
 from ..sessions import AUTH_PATH
-from . import datasets_tab, export_tab, playground_tab, runs_tab, services_tab, train_tab
+from . import datasets_tab, export_tab, playground_tab, runs_tab, services_tab, storage_tab, train_tab
 from .tool_tabs import TB_HINT, ToolTab, build_tool_tab, frame_html, has_event_files, request_origin, resolve_url
 
+log = logging.getLogger(__name__)
 STATUS_PATH = "/_tunedeck/status"
 UPTIME_REFRESH_S = 10  # re-render an unchanged table now and then so uptimes move
 
@@ -23,7 +25,7 @@ CSS = """
 .td-tool-bar { text-align: right; margin-bottom: 4px; }
 .td-tool-down { padding: 2em; font-size: 1.1em; }
 .td-tool-note { padding: 6px 10px; margin-bottom: 6px; border-radius: 6px; background: #fff7ed; }
-#engine-banner:empty { display: none; }
+#engine-banner:empty, #disk-banner:empty { display: none; }
 """
 
 
@@ -66,6 +68,7 @@ def build_app(runtime: Runtime, login: bool = False) -> gr.Blocks:
                 gr.HTML('<div style="text-align:right"><a href="logout" id="td-logout">Log out</a></div>',
                         elem_id="logout")
         banner = gr.Markdown("", elem_id="engine-banner")
+        disk_banner = gr.Markdown("", elem_id="disk-banner")
         view = gr.State({})
         with gr.Tabs(elem_id="tabs") as tabs:
             services = services_tab.build(runtime)
@@ -76,22 +79,34 @@ def build_app(runtime: Runtime, login: bool = False) -> gr.Blocks:
             runs = runs_tab.build(runtime)
             export = export_tab.build(runtime)
             playground = playground_tab.build(runtime)
-        outputs = [view, banner, services["summary"], services["table"], services["service"], services["target"],
-                   *frames]
+            storage_tab.build(runtime)
+        outputs = [view, banner, disk_banner, services["summary"], services["table"], services["service"],
+                   services["target"], *frames]
+
+        def disk_banner_text() -> str:
+            try:
+                return runtime.storage.banner()
+            except Exception:  # noqa: BLE001 - the page keeps rendering; the cause is logged
+                log.exception("the low-disk banner failed")
+                return ""
 
         def render(state: dict, request: gr.Request | None = None):
             state = dict(state or {})
             if request is not None and "origin" not in state:
                 state["origin"] = request_origin(dict(request.headers))
             snapshot = runtime.monitor.snapshot()
+            disk = disk_banner_text()
             fresh = time.monotonic() - state.get("at", 0) < UPTIME_REFRESH_S
-            if state.get("version") == snapshot.version and "origin" in state and fresh:
+            same = state.get("version") == snapshot.version and state.get("disk") == disk
+            if same and "origin" in state and fresh:
                 return [gr.skip()] * len(outputs)
             state["version"] = snapshot.version
             state["at"] = time.monotonic()
+            state["disk"] = disk
             banner_text = f"### {snapshot.banner}" if snapshot.banner else ""
             names = sorted({c.service for c in snapshot.containers})
-            updates = [state, banner_text, snapshot.summary(), services_tab.status_frame(snapshot),
+            updates = [state, banner_text, f"### {disk}" if disk else "", snapshot.summary(),
+                       services_tab.status_frame(snapshot),
                        gr.update(choices=[services_tab.ALL, *names]),
                        gr.update(choices=[c.name for c in snapshot.containers])]
             saves = runtime.settings.data_dir / "saves"

@@ -4,6 +4,7 @@ decide what can be reused, and check every part the export needs before any work
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import shutil
 import time
@@ -11,13 +12,15 @@ from dataclasses import replace
 
 from ...docker_gateway import EngineUnavailable, ServiceUnavailable
 from ...ollama import OllamaError
-from ..checks import base_model_problems, disk_problem
+from ..checks import base_model_problems, disk_problem, room_needed
 from ..evaltext import eval_set
 from ..jobs import StageFailed
 from ..plan import make_plan
 from ..reuse import Stamps
 from ..validation import IMATRIX_QUANT_TYPES
 from . import StageContext
+
+log = logging.getLogger(__name__)
 
 
 def run(ctx: StageContext) -> None:
@@ -44,7 +47,7 @@ def run(ctx: StageContext) -> None:
     problems: list[str] = []
     disk, parts = disk_problem(ctx.data_dir, plan, skip)
     if disk:
-        problems.append(disk)
+        problems.append(disk + freeable(ctx, disk_shortfall(ctx, parts)))
     elif parts:
         need = sum(v for k, v in parts.items() if k != "ollama")
         ctx.emit(f"disk: about {need / 2**30:.2f} GiB written here, "
@@ -65,6 +68,30 @@ def run(ctx: StageContext) -> None:
         raise StageFailed(" ".join(problems))
     for stage in sorted(skip):
         ctx.emit(f"{stage}: inputs unchanged since a previous export, will be reused")
+
+
+def disk_shortfall(ctx: StageContext, parts: dict) -> int:
+    need = sum(v for k, v in parts.items() if k != "ollama")
+    return max(0, room_needed(need) - shutil.disk_usage(ctx.data_dir).free)
+
+
+def freeable(ctx: StageContext, shortfall: int) -> str:
+    """What the Storage tab could free in the data dir, with the amount, to follow "not enough disk" (as
+    once this export has stopped: it has written nothing yet)."""
+    from ...storage.report import build
+    from ...storage.rules import format_bytes
+
+    try:
+        report = build(ctx.data_dir, ctx.history)
+    except Exception:  # noqa: BLE001 - the refusal still says what it needs; the scan's failure is logged
+        log.exception("export %s: could not work out what could be freed", ctx.job.id)
+        return ""
+    safe = report.safe_bytes()
+    if not safe:
+        return " Nothing in the data directory is safe to delete by TuneDeck's rules (see the Storage tab)."
+    enough = "enough to make room" if safe >= shortfall else \
+        f"not enough on its own: {format_bytes(shortfall)} more is needed"
+    return f" The Storage tab can free {report.safe_summary()} safely ({enough})."
 
 
 def tool_problems(ctx: StageContext) -> list[str]:
