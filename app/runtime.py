@@ -28,8 +28,6 @@ class Runtime:
     _exports: object = None
     _exports_lock: threading.Lock = field(default_factory=threading.Lock)
     _training: object = None
-
-    @property
     _storage: object = None
 
     @classmethod

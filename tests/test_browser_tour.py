@@ -21,8 +21,8 @@ def test_every_tab_through_caddy(app_server, stack, caddy_bin, page, screenshots
         expect(tabs).to_have_count(len(TABS))
         assert [t.strip() for t in tabs.all_inner_texts()] == TABS
         for name in TABS:
-            page.get_by_role("tab", name=name).click()
-            expect(page.get_by_role("tab", name=name)).to_have_attribute("aria-selected", "true")
+            page.get_by_role("tab", name=name, exact=True).click()
+            expect(page.get_by_role("tab", name=name, exact=True)).to_have_attribute("aria-selected", "true")
         page.get_by_role("tab", name="Dataset prep").click()
         expect(page.locator("#frame-dataset")).to_contain_text("easy-dataset service has no container")
         page.get_by_role("tab", name="Services").click()
