@@ -10,6 +10,7 @@ import signal
 import httpx
 import pytest
 from gradio_client import Client
+from playwright.sync_api import expect
 
 from tests.harness import zoo
 from tests.harness.appserver import app_process, settings_for
@@ -29,7 +30,21 @@ def queue_ids(client) -> list[str]:
     return [j["id"] for j in client.predict(api_name="/train_queue") if j["state"] in ("running", "queued")]
 
 
-def test_queue_orders_cancels_survives_a_kill_resumes_and_exports(stack, tmp_path):
+def submit_in_browser(page, url: str, config: str) -> str:
+    """The Train tab: paste the YAML, queue it; returns the job id the page names."""
+    page.goto(url)
+    page.get_by_role("tab", name="Train", exact=True).click()
+    editor = page.locator("#train-config .cm-content")
+    editor.click()
+    editor.fill(config)
+    page.locator("#train-submit").click()
+    expect(page.locator("#train-result")).to_contain_text("Queued as job", timeout=120_000)
+    job_id = page.locator("#train-result strong").first.inner_text()
+    expect(page.locator("#train-queue")).to_contain_text("llama2/lora/qa", timeout=30_000)
+    return job_id
+
+
+def test_queue_orders_cancels_survives_a_kill_resumes_and_exports(stack, tmp_path, page):
     data = tmp_path / "data"
     zoo.install(data, ("llama2",))
     lf = start_llamafactory(stack, data)
@@ -45,12 +60,15 @@ def test_queue_orders_cancels_survives_a_kill_resumes_and_exports(stack, tmp_pat
             submit(client, train_yaml(data, "bad", 10).replace("dataset: stop_qa", "dataset: nope"))
         with pytest.raises(Exception, match="LLaMA-Factory refuses this config: .*lora_rnak"):
             submit(client, train_yaml(data, "typo", 10, lora_rnak=4))  # its own parser: an unknown key
-        a = submit(client, train_yaml(data, "qa", 100, save_steps=10))
+        a_id = submit_in_browser(page, url, train_yaml(data, "qa", 100, save_steps=10))
+        a = jobs_by_id(client)[a_id]
         b = submit(client, train_yaml(data, "qb", 20), export={"quant_types": [], "ollama_name": "qb-bot"})
         c = submit(client, train_yaml(data, "qc", 40), priority=5)  # jumps ahead of B
-        assert [a["state"], b["state"], c["state"]] == ["queued"] * 3
+        assert b["state"] == c["state"] == "queued"
         jobs = wait_jobs(client, lambda j: j[a["id"]]["state"] == "running", 60, "A running")
         assert queue_ids(client) == [a["id"], c["id"], b["id"]]  # one at a time on a host without GPUs
+        page.get_by_role("tab", name="Runs", exact=True).click()  # queued jobs show in Runs before they write
+        expect(page.locator("#runs-table")).to_contain_text("queued (#2)", timeout=30_000)
         wait_for(lambda: (saves / "qa" / "checkpoint-10").is_dir(), 240, 0.3, "A's checkpoint-10")
         client.predict(a["id"], "cancel", api_name="/train_control")
         wait_jobs(client, lambda j: j[a["id"]]["state"] == "cancelled", 60, "A cancelled")

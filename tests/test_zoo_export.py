@@ -196,6 +196,33 @@ def test_a_full_fine_tune_exports_its_own_weights(zoo_env):
     print(f"\n[run-kinds] full fine-tune: succeeded in {seconds:.1f} s, answer {verify['reply']!r}")
 
 
+def test_a_freeze_fine_tune_exports_its_own_weights(zoo_env):
+    """Freeze tuning saves the whole model like a full fine-tune: converted as it is, no merge."""
+    runs = {r["name"]: r for r in Client(zoo_env["app"].url, verbose=False).predict(api_name="/runs")}
+    assert runs["llama2/freeze/freeze"]["finetuning_type"] == "freeze"
+    log, status, seconds = export(zoo_env["app"].url, "llama2/freeze/freeze", "", "", "f16", [], "zoo-freeze", "",
+                                  True)
+    assert status["status"] == "succeeded", log[-3000:]
+    assert "nothing to merge" in log and "[merge] $ llamafactory-cli" not in log
+    verify = answer_check(status, "zoo-freeze")
+    print(f"\n[run-kinds] freeze fine-tune: succeeded in {seconds:.1f} s, answer {verify['reply']!r}")
+
+
+def test_a_qlora_run_merges_onto_the_unquantized_base(zoo_env):
+    """Trained with quantization_bit 4 (bitsandbytes, on the fly): LLaMA Board's arguments say so, the adapter
+    names the unquantized base, and the merge runs on that base without quantizing it."""
+    run = zoo_env["data"] / "saves" / "llama2" / "lora" / "qlora"
+    assert yaml.safe_load((run / "training_args.yaml").read_text())["quantization_bit"] == 4
+    log, status, seconds = export(zoo_env["app"].url, "llama2/lora/qlora", "", "", "f16", [], "zoo-qlora", "", True)
+    assert status["status"] == "succeeded", log[-3000:]
+    merge_yaml = yaml.safe_load((Path(status["result"]["workdir"]) / "merge.yaml").read_text())
+    assert "quantization_bit" not in merge_yaml and merge_yaml["model_name_or_path"] == \
+        str(zoo_env["data"] / "models" / "llama2")
+    assert status["result"]["fidelity"]["gguf"]["reference"] == "peft"
+    verify = answer_check(status, "zoo-qlora")
+    print(f"\n[run-kinds] QLoRA (4-bit bitsandbytes): succeeded in {seconds:.1f} s, answer {verify['reply']!r}")
+
+
 def test_a_stacked_adapter_is_merged_with_the_adapters_it_was_trained_on(zoo_env):
     """Trained on top of `default` with create_new_adapter: only base + default + stacked answers as trained,
     and fidelity's reference is that chain applied by peft, not TuneDeck's own merge."""

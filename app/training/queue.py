@@ -330,16 +330,23 @@ class TrainingQueue:
         config = job.request["config"]
         config_path = folder / f"config-{job.attempt}.yaml"
         _write(config_path, config_yaml(config))
-        out = Path(job.output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        if not (out / "training_args.yaml").exists() or not job.resume_from:
-            _write(out / "training_args.yaml", config_yaml({k: v for k, v in config.items()
-                                                            if k not in ("resume_from_checkpoint",)}))
+        self._write_run_args(Path(job.output_dir), config)
         log_path = folder / "train.log"
         how = f"resuming from {Path(job.resume_from).name}" if job.resume_from else "from the start"
         where = f"GPUs {list(job.gpus)}" if job.gpus else ("the Ray cluster" if job.backend == "ray" else "the CPU")
         self._append_log(job.id, f"[tunedeck] attempt {job.attempt}, {how}, on {where}\n")
         return config_path, log_path
+
+    def _write_run_args(self, out: Path, config: dict) -> None:
+        """training_args.yaml in a new run folder, as LLaMA Board writes it (a folder the trainer already wrote
+        keeps its own: it may belong to the tool containers' user, and the job's config is in its folder)."""
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            if not (out / "training_args.yaml").exists():
+                _write(out / "training_args.yaml", config_yaml({k: v for k, v in config.items()
+                                                                if k != "resume_from_checkpoint"}))
+        except OSError as exc:
+            log.warning("cannot write training_args.yaml into %s: %s", out, exc)
 
     def _append_log(self, job_id: str, text: str) -> None:
         folder = self.jobs_dir / job_id

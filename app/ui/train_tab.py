@@ -171,7 +171,8 @@ def build(runtime: Runtime) -> dict:
     def submit_click(config, gpu_text, where, priority, cpus, export_on, export_name, export_quants):
         export = {"ollama_name": export_name, "quant_types": export_quants or []} if export_on else None
         job = train(config, gpu_text, where or "local", priority, cpus or None, export)
-        return f"Queued as job **{job['id']}**: `{job['run']}`.", job["id"]
+        ids = [j.id for j in queue().jobs()]
+        return f"Queued as job **{job['id']}**: `{job['run']}`.", gr.update(choices=ids, value=job["id"])
 
     def control_click(job_id: str | None, action: str):
         if not job_id:
@@ -208,7 +209,7 @@ def build(runtime: Runtime) -> dict:
         table = gr.Dataframe(pd.DataFrame(columns=COLUMNS), interactive=False, elem_id="train-queue", wrap=True,
                              max_height=320)
         with gr.Row():
-            job = gr.Dropdown([], label="Job", elem_id="train-job", scale=3)
+            job = gr.Dropdown([], label="Job", elem_id="train-job", scale=3, allow_custom_value=True)
             buttons = {a: gr.Button(label, elem_id=f"train-{a}", scale=1) for a, label in
                        (("cancel", "Cancel"), ("resume", "Resume from checkpoint"), ("retry", "Retry"),
                         ("up", "↑ Earlier"), ("down", "↓ Later"))}

@@ -46,7 +46,8 @@ def running_app(settings: Settings, *, root_path: str | None = None, auth=None) 
 @contextmanager
 def app_process(settings: Settings, **env: str) -> Iterator[tuple]:
     """`python -m app` in its own process on the settings' project, data dir and Ollama, as users run
-    it (and as benchmarks need it: not sharing their GIL), with `env` on top: yields (process, url). Stopped at the end
+    it (and as benchmarks need it: not sharing their GIL), with `env` on top: yields (process, url). Its output
+    goes to the file TUNEDECK_TEST_APP_LOG names (default: nowhere). Stopped at the end
     with SIGTERM, then killed if it has not exited within 10 s."""
     import os
     import subprocess
@@ -56,9 +57,9 @@ def app_process(settings: Settings, **env: str) -> Iterator[tuple]:
     from .parts import wait_for_port
 
     port = free_port()
+    log = open(os.environ.get("TUNEDECK_TEST_APP_LOG", os.devnull), "a")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "app"], cwd=Path(__file__).resolve().parents[2], stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        [sys.executable, "-m", "app"], cwd=Path(__file__).resolve().parents[2], stdout=log, stderr=log,
         env={**os.environ, "TUNEDECK_PORT": str(port), "TUNEDECK_PROJECT": settings.project,
              "TUNEDECK_DATA_DIR": str(settings.data_dir), "TUNEDECK_OLLAMA_URL": settings.ollama_url,
              "TUNEDECK_RAY_ADDRESS": settings.ray_address, "GRADIO_ANALYTICS_ENABLED": "False", **env})
@@ -72,6 +73,7 @@ def app_process(settings: Settings, **env: str) -> Iterator[tuple]:
                 proc.wait(10)
             except subprocess.TimeoutExpired:
                 proc.kill()
+        log.close()
 
 
 def run_readme_example(marker: str, tmp_path, **env: str):

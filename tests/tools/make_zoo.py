@@ -56,6 +56,13 @@ EXTRA_RUNS = {
                                    "add_special_tokens": "<|tool|>"}),
     # DoRA (a learned magnitude per column) with rsLoRA scaling (alpha / sqrt(r)): both change the merge
     "dora": ("llama2", "lora", {"additional_target": "embed_tokens,lm_head", "use_dora": True, "use_rslora": True}),
+    # freeze: the last layer and the embeddings/head trained in place, saved as a whole model (no adapter)
+    "freeze": ("llama2", "freeze", {"freeze_trainable_layers": 1, "freeze_extra_modules": "embed_tokens,lm_head",
+                                    "learning_rate": 1.0e-3}),
+    # QLoRA: trained on the base quantized to 4 bits on the fly (bitsandbytes); LLaMA Board's arguments keep
+    # quantization_bit, and the adapter belongs on the unquantized base
+    "qlora": ("llama2", "lora", {"additional_target": "embed_tokens,lm_head", "quantization_bit": 4,
+                                 "quantization_method": "bnb", "board": True}),
 }
 
 
