@@ -113,8 +113,8 @@ def build(runtime: Runtime) -> dict:
     def gpus() -> dict:
         """This host's GPUs (memory, utilisation) and the processes on them, from nvidia-smi (public API)."""
         q = queue()
-        found, note = q.gpus(max_age=3.0)
-        procs = q.gpu_processes() if found else []
+        found, note = q.inventory.gpus(max_age=3.0)
+        procs = q.inventory.processes() if found else []
         return {"gpus": [g.__dict__ for g in found], "processes": procs, "note": note}
 
     # -- UI -----------------------------------------------------------------------------------------------

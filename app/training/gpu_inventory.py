@@ -1,0 +1,51 @@
+"""This host's GPUs as `nvidia-smi` sees them in the LLaMA-Factory container, read at most every few
+seconds: the scheduler's inventory and the GPU panel."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from ..config import Settings
+from ..docker_gateway import DockerGateway, EngineUnavailable, ServiceUnavailable
+from .commands import gpu_apps_command, gpu_query_command
+from .gpus import Gpu, parse_gpus, parse_processes
+from .local import run_to_end
+
+CACHE_S = 15.0
+
+
+class GpuInventory:
+    def __init__(self, settings: Settings, gateway: DockerGateway) -> None:
+        self.settings = settings
+        self.gateway = gateway
+        self._cache: tuple[float, list[Gpu], str] = (float("-inf"), [], "")
+        self._lock = threading.Lock()
+
+    def gpus(self, max_age: float = CACHE_S) -> tuple[list[Gpu], str]:
+        """(GPUs, note): the note says why there are none (no nvidia-smi in the container, no container)."""
+        with self._lock:
+            at, gpus, note = self._cache
+            if time.monotonic() - at < max_age:
+                return gpus, note
+        try:
+            code, lines = run_to_end(self.gateway, gpu_query_command(self.settings), timeout=20)
+            if code == 0:
+                gpus, note = parse_gpus("\n".join(lines)), ""
+            elif code in (126, 127):
+                gpus, note = [], ("No GPU: nvidia-smi is not available in the LLaMA-Factory container, so trainings "
+                                  "run on the CPU.")
+            else:
+                gpus, note = [], f"nvidia-smi failed (exit code {code}): " + (lines[-1][:200] if lines else "")
+        except (ServiceUnavailable, EngineUnavailable) as exc:
+            gpus, note = [], f"GPUs unknown: {exc}"
+        with self._lock:
+            self._cache = (time.monotonic(), gpus, note)
+        return gpus, note
+
+    def processes(self) -> list[dict]:
+        try:
+            code, lines = run_to_end(self.gateway, gpu_apps_command(self.settings), timeout=20)
+        except (ServiceUnavailable, EngineUnavailable):
+            return []
+        return parse_processes("\n".join(lines)) if code == 0 else []
