@@ -13,9 +13,9 @@ from gradio_client import Client
 from playwright.sync_api import expect
 
 from tests.harness import zoo
-from tests.harness.appserver import app_process, settings_for
+from tests.harness.appserver import app_process, running_app, settings_for
 from tests.harness.parts import wait_for
-from tests.harness.toolbox import start_llamacpp, start_llamafactory, start_ollama
+from tests.harness.toolbox import run_tools_script, start_llamacpp, start_llamafactory, start_ollama
 from tests.harness.training import jobs_by_id, log_steps, train_yaml, trainer_processes, wait_jobs
 
 pytestmark = pytest.mark.tools
@@ -122,4 +122,45 @@ def test_queue_orders_cancels_survives_a_kill_resumes_and_exports(stack, tmp_pat
         models = httpx.get(ollama.url + "/api/tags", timeout=10).json()["models"]
         assert "qb-bot:latest" in [m["name"] for m in models]
         assert trainer_processes(lf) == []
+        gpus = client.predict(api_name="/gpus")
+        assert gpus["gpus"] == [] and gpus["note"].startswith("No GPU: nvidia-smi is not available")
+        client.close()
+        # "Train again" from the Runs tab: the run's arguments (as TuneDeck wrote them) with a fresh output_dir
+        page.goto(url)
+        page.get_by_role("tab", name="Runs", exact=True).click()
+        page.locator("#runs-select input").click()
+        page.locator("#runs-select input").fill("llama2/lora/qb")
+        page.keyboard.press("Enter")
+        page.locator("#runs-again").click()
+        expect(page.locator("#train-config")).to_contain_text(f"output_dir: {saves / 'qb-again-2'}", timeout=20_000)
+        expect(page.locator("#train-config")).to_contain_text("max_steps: 20")
+
+
+def test_llama_board_saved_arguments_become_a_queued_training(stack, tmp_path, page):
+    """LLaMA Board's "Save arguments" file (written by LLaMA Board's own code) is turned into the training it
+    would launch, by LLaMA Board's own code in its container, then queued and trained."""
+    data = tmp_path / "data"
+    zoo.install(data, ("llama2",))
+    start_llamafactory(stack, data)
+    saved = run_tools_script("save_board_args.py", str(data), "qa-board.yaml", "Llama-2-7B",
+                             str(data / "models" / "llama2"), "stop_qa", "llama2", "10")["saved"]
+    assert saved == str(data / "llamaboard_config" / "qa-board.yaml")
+    settings = settings_for(tunedeck_project=stack.project, tunedeck_data_dir=str(data))
+    with running_app(settings) as app:
+        page.goto(app.url)
+        page.get_by_role("tab", name="Train", exact=True).click()
+        page.locator("#train-board input").click()
+        page.get_by_role("option", name="qa-board.yaml").click()
+        config = page.locator("#train-config")
+        expect(config).to_contain_text("output_dir: saves/Llama-2-7B/lora/qa-board-", timeout=120_000)
+        expect(config).to_contain_text(f"model_name_or_path: {data / 'models' / 'llama2'}")
+        expect(config).to_contain_text("max_steps: 10")
+        page.locator("#train-submit").click()
+        expect(page.locator("#train-result")).to_contain_text("Queued as job", timeout=120_000)
+        job_id = page.locator("#train-result strong").first.inner_text()
+        client = Client(app.url, verbose=False)
+        jobs = wait_jobs(client, lambda j: j[job_id]["state"] in ENDED, 300, "the LLaMA Board job ended")
+        assert jobs[job_id]["state"] == "succeeded", jobs[job_id]["error"]
+        assert jobs[job_id]["run"].startswith("Llama-2-7B/lora/qa-board-")
+        assert max(log_steps(data / "saves" / jobs[job_id]["run"])) == 10
         client.close()

@@ -134,8 +134,7 @@ def build_app(runtime: Runtime, login: bool = False) -> gr.Blocks:
         runs["again_button"].click(runs["again_target"], [runs["select"]], [train["config"], tabs],
                                    api_visibility="private")
         demo.load(train["gpu_markdown"], None, [train["gpu_panel"]], api_visibility="private")
-        demo.load(lambda: gr.update(choices=train["runs_with_args"]()), None, [train["again"]],
-                  api_visibility="private")
+        demo.load(train["sources"], None, train["source_outputs"], api_visibility="private")
         compare_outputs = [playground["note"], playground["models"], tabs]
 
         async def compare_run(run: str):

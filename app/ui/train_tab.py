@@ -19,6 +19,7 @@ import pandas as pd
 from ..export.validation import QUANT_TYPES, InvalidInput
 from ..runs import discover_run_dirs
 from ..runtime import DataDirUnavailable, Runtime
+from ..training.board import board_yaml, saved_arguments
 from ..training.jobs import FINAL, TrainJob
 from ..training.request import train_again_yaml
 
@@ -160,6 +161,17 @@ def build(runtime: Runtime) -> dict:
             _fail(InvalidInput("That file is too large for a training config (200 kB at most)."))
         return path.read_text(encoding="utf-8", errors="replace")
 
+    def load_board(name: str | None) -> str:
+        if not name:
+            return gr.skip()
+        try:
+            return board_yaml(settings, runtime.gateway, name)
+        except InvalidInput as exc:
+            _fail(exc)
+
+    def sources():
+        return gr.update(choices=runs_with_args()), gr.update(choices=saved_arguments(settings.data_dir))
+
     def load_again(run: str | None) -> str:
         if not run:
             return gr.skip()
@@ -193,6 +205,7 @@ def build(runtime: Runtime) -> dict:
                                      elem_id="train-upload", height=90)
                     again = gr.Dropdown([], label="Train again from a run (its training_args.yaml)",
                                         elem_id="train-again")
+                    board = gr.Dropdown([], label="LLaMA Board's saved arguments", elem_id="train-board")
                 config = gr.Code("", language="yaml", label="Training config (llamafactory-cli train YAML)",
                                  elem_id="train-config", lines=18, interactive=True)
             with gr.Column(scale=1):
@@ -223,6 +236,9 @@ def build(runtime: Runtime) -> dict:
         job.input(refresh, [job, state], outputs, **private)
         upload.upload(load_upload, [upload], [config], **private)
         again.input(load_again, [again], [config], **private)
+        board.input(load_board, [board], [config], api_visibility="private", show_progress="full")
+        again.focus(lambda: gr.update(choices=runs_with_args()), None, [again], **private)
+        board.focus(lambda: gr.update(choices=saved_arguments(settings.data_dir)), None, [board], **private)
         submit_b.click(submit_click, [config, gpu_text, where, priority, cpus, export_on, export_name, export_quants],
                        [result, job], api_visibility="private", concurrency_limit=None)
         for action, button in buttons.items():
@@ -234,4 +250,4 @@ def build(runtime: Runtime) -> dict:
         gr.api(train_log, api_name="train_log", concurrency_limit=None)
         gr.api(gpus, api_name="gpus", concurrency_limit=None)
     return {"refresh": refresh, "outputs": outputs, "job": job, "state": state, "gpu_panel": gpu_panel,
-            "gpu_markdown": gpu_markdown, "runs_with_args": runs_with_args, "again": again, "config": config}
+            "gpu_markdown": gpu_markdown, "sources": sources, "source_outputs": [again, board], "config": config}
