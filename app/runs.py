@@ -142,6 +142,17 @@ def datasets_of(path: Path) -> tuple[list[str], str]:
     return [str(n).strip() for n in names or [] if str(n).strip()], dataset_dir
 
 
+def tail_text(path: Path, n: int = 4096) -> str:
+    """The last `n` bytes of a file as text ("" when it cannot be read)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - n))
+            return f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
 def last_loss(log_path: Path, tail_bytes: int = 65536) -> float | None:
     """The last finite `loss` in trainer_log.jsonl, reading only the file's tail."""
     try:

@@ -231,7 +231,7 @@ def test_checkpoints_of_real_runs(zoo_data):
     for name in ("lora/default/checkpoint-150", "full/full/checkpoint-150"):
         folder = saves / name
         assert verdicts[name].bytes == du(folder) == verdicts[name].frees
-        assert f"checkpoint-300 (last) stay" in verdicts[name].reason
+        assert "checkpoint-300 (last) stay" in verdicts[name].reason
     assert report.trainings == {"saves/llama2/lora/live": "running"}
 
     with pytest.raises(InvalidInput, match="checkpoint-150 cannot be deleted: the run is still training"):

@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import threading
 import time
-from contextlib import closing, contextmanager
-from pathlib import Path
-from typing import Iterator
+
+from ..sqlite_store import SqliteStore
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -40,21 +38,8 @@ SUMMARY_COLUMNS = ("id", "created", "finished", "status", "run", "request", "sta
 _JSON_COLUMNS = ("request", "stages", "result")
 
 
-class History:
-    def __init__(self, db_path: Path) -> None:
-        self.path = Path(db_path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        with self._db() as db:
-            db.executescript(_SCHEMA)
-
-    @contextmanager
-    def _db(self) -> Iterator[sqlite3.Connection]:
-        """A connection committed on success and always closed."""
-        with closing(sqlite3.connect(self.path, timeout=10)) as db:
-            db.row_factory = sqlite3.Row
-            with db:
-                yield db
+class History(SqliteStore):
+    SCHEMA = _SCHEMA
 
     def add(self, job_id: str, run: str, request: dict) -> None:
         with self._lock, self._db() as db:

@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..runs import has_adapter, has_model, prior_adapters, read_json, read_yaml
+from ..runs import has_adapter, has_model, prior_adapters, read_json, read_yaml, tail_text
 from ..training.status import derive_status
 from ..training.trainer_log import TrainerLogReader
 
@@ -73,16 +73,6 @@ class RunFacts:
     has_final: bool = True
 
 
-def _tail(path: Path, n: int = 4096) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - n))
-            return f.read().decode("utf-8", "replace")
-    except OSError:
-        return ""
-
-
 _LOGS: dict[str, tuple[tuple[int, int], TrainerLogReader]] = {}  # trainer_log.jsonl read once per version
 _LOGS_LOCK = threading.Lock()
 
@@ -118,7 +108,7 @@ def run_facts(data_dir: Path, rel: str, checkpoint_steps: list[int], now: float 
         mtime = None
     age = None if mtime is None else (now or time.time()) - mtime
     state = derive_status(last=reader.last, has_results=(path / "train_results.json").exists(), log_age_s=age,
-                          running_log_tail=_tail(path / "running_log.txt"))
+                          running_log_tail=tail_text(path / "running_log.txt"))
     facts = RunFacts(rel, state, age, has_final=has_adapter(path) or has_model(path))
     if len(checkpoint_steps) < 2:
         return facts

@@ -3,18 +3,15 @@ directory, the data dir): listed, and turned into a training YAML by LLaMA Board
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import yaml
 
 from ..config import Settings
-from ..docker_gateway import DockerGateway, EngineUnavailable, ServiceUnavailable
+from ..docker_gateway import DockerGateway
 from ..export.validation import InvalidInput, confine
-from .checks import RESULT
-from .commands import helper_command
-from .local import run_to_end
+from .checks import ask_helper
 
 FOLDER = "llamaboard_config"  # LLaMA-Factory 0.9.5 webui/common.py DEFAULT_CONFIG_DIR
 
@@ -35,16 +32,7 @@ def board_yaml(settings: Settings, gateway: DockerGateway, name: str, model_path
     if not path.is_file():
         raise InvalidInput(f"LLaMA Board has no saved arguments named {name!r}.")
     output = f"{path.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-    try:
-        code, lines = run_to_end(gateway, helper_command(settings, "board_args.py", str(path), model_path, output),
-                                 timeout=180)
-    except (ServiceUnavailable, EngineUnavailable) as exc:
-        raise InvalidInput(f"LLaMA Board's code cannot read the saved arguments: {exc}") from None
-    answers = [ln[len(RESULT):] for ln in lines if ln.startswith(RESULT)]
-    if not answers:
-        last = next((ln for ln in reversed(lines) if ln.strip()), f"exit code {code}")
-        raise InvalidInput(f"LLaMA Board's code did not answer: {last[:300]}")
-    result = json.loads(answers[-1])
+    result = ask_helper(settings, gateway, "board_args.py", str(path), model_path, output, what="LLaMA Board's code")
     if not result.get("ok"):
         raise InvalidInput(str(result.get("error")))
     return yaml.safe_dump(result["args"], sort_keys=False, allow_unicode=True)

@@ -16,18 +16,24 @@ from .request import TrainRequest
 RESULT = "@@tunedeck-result "
 
 
-def parser_check(settings: Settings, gateway: DockerGateway, config: dict) -> dict:
-    """LLaMA-Factory's own `get_train_args` on the config, in its container (what `llamafactory-cli train`
-    would refuse at start, refused now)."""
+def ask_helper(settings: Settings, gateway: DockerGateway, script: str, *args: str, what: str) -> dict:
+    """A training helper's JSON answer (app/training/scripts/), run in LLaMA-Factory's container; `what` names
+    it in the sentence when it cannot answer."""
     try:
-        code, lines = run_to_end(gateway, helper_command(settings, "check_args.py", json.dumps(config)), timeout=180)
+        code, lines = run_to_end(gateway, helper_command(settings, script, *args), timeout=180)
     except (ServiceUnavailable, EngineUnavailable) as exc:
-        raise InvalidInput(f"LLaMA-Factory cannot check the config: {exc}") from None
+        raise InvalidInput(f"{what} cannot run: {exc}") from None
     answers = [ln[len(RESULT):] for ln in lines if ln.startswith(RESULT)]
     if not answers:
         last = next((ln for ln in reversed(lines) if ln.strip()), f"exit code {code}")
-        raise InvalidInput(f"LLaMA-Factory's argument check did not answer: {last[:300]}")
-    result = json.loads(answers[-1])
+        raise InvalidInput(f"{what} did not answer: {last[:300]}")
+    return json.loads(answers[-1])
+
+
+def parser_check(settings: Settings, gateway: DockerGateway, config: dict) -> dict:
+    """LLaMA-Factory's own `get_train_args` on the config, in its container (what `llamafactory-cli train`
+    would refuse at start, refused now)."""
+    result = ask_helper(settings, gateway, "check_args.py", json.dumps(config), what="LLaMA-Factory's argument check")
     if not result.get("ok"):
         raise InvalidInput(f"LLaMA-Factory refuses this config: {result.get('error')}")
     return result

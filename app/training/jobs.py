@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import threading
 import time
 import uuid
-from contextlib import closing, contextmanager
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Iterator
+
+from ..sqlite_store import SqliteStore
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS train_jobs (
@@ -87,20 +85,8 @@ def _job(row: sqlite3.Row) -> TrainJob:
                     cancel=bool(d["cancel"]), error=d["error"], export_job=d["export_job"])
 
 
-class JobStore:
-    def __init__(self, db_path: Path) -> None:
-        self.path = Path(db_path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        with self._db() as db:
-            db.executescript(_SCHEMA)
-
-    @contextmanager
-    def _db(self) -> Iterator[sqlite3.Connection]:
-        with closing(sqlite3.connect(self.path, timeout=10)) as db:
-            db.row_factory = sqlite3.Row
-            with db:
-                yield db
+class JobStore(SqliteStore):
+    SCHEMA = _SCHEMA
 
     def add(self, name: str, backend: str, request: dict, priority: int = 0) -> TrainJob:
         job_id = uuid.uuid4().hex[:12]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -10,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..runs import base_model_of, checkpoints, discover_run_dirs, is_exportable, loss_at, read_yaml
+from ..runs import base_model_of, checkpoints, discover_run_dirs, is_exportable, loss_at, read_yaml, tail_text
 from .status import derive_status, finite
 from .trainer_log import TrainerLogReader
 
@@ -53,16 +52,6 @@ class TrainingRun:
         return d
 
 
-def _tail(path: Path, n: int = 4096) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - n))
-            return f.read().decode("utf-8", "replace")
-    except OSError:
-        return ""
-
-
 def decimate(df: pd.DataFrame, limit: int = MAX_POINTS) -> pd.DataFrame:
     """Keep at most `limit` evenly spaced points (and always the newest)."""
     if len(df) <= limit:
@@ -101,7 +90,7 @@ class RunTracker:
                 except OSError:
                     mtime = path.stat().st_mtime
                 status = derive_status(last=last, has_results=(path / "train_results.json").exists(),
-                                       log_age_s=now - mtime, running_log_tail=_tail(path / "running_log.txt"))
+                                       log_age_s=now - mtime, running_log_tail=tail_text(path / "running_log.txt"))
                 args = read_yaml(path / "training_args.yaml")
                 cur, total = (last or {}).get("current_steps"), (last or {}).get("total_steps")
                 progress = finite((last or {}).get("percentage"))
