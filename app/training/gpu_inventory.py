@@ -49,3 +49,12 @@ class GpuInventory:
         except (ServiceUnavailable, EngineUnavailable):
             return []
         return parse_processes("\n".join(lines)) if code == 0 else []
+
+    def occupied(self) -> set[int]:
+        """GPUs with a compute process on them now (a LLaMA Board training, a notebook): the queue does not
+        start a job there, whoever the process belongs to."""
+        gpus, _ = self.gpus()
+        if not gpus:
+            return set()
+        by_uuid = {g.uuid: g.index for g in gpus}
+        return {by_uuid[p["gpu_uuid"]] for p in self.processes() if p["gpu_uuid"] in by_uuid}

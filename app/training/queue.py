@@ -201,7 +201,7 @@ class TrainingQueue:
             return
         inventory = [g.index for g in self.inventory.gpus()[0]]
         running = [j for j in self.store.running() if j.backend == "local"]
-        busy = {g for j in running for g in j.gpus}
+        busy = {g for j in running for g in j.gpus} | self.inventory.occupied()
         for job in queued:  # strictly in order: a job that cannot start yet holds the ones behind it
             gpus = allocate(parse_gpu_request(job.request.get("gpus", "all")), inventory, busy, len(running))
             if gpus is None:
