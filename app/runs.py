@@ -236,6 +236,14 @@ def _weights(path: Path) -> Path | None:
     return next((path / w for w in (*ADAPTER_WEIGHTS, *MODEL_WEIGHTS) if (path / w).is_file()), None)
 
 
+def whole_model_kind(run_dir: Path) -> str:
+    """`freeze` or `full` for a run that saved a whole model: the trainer's model card tags the run with its
+    fine-tuning type (a CLI run has no training_args.yaml to say it)."""
+    meta, _ = model_card(run_dir)
+    tags = meta.get("tags") if isinstance(meta.get("tags"), list) else []
+    return "freeze" if "freeze" in tags else "full"
+
+
 def read_run(saves: Path, path: Path) -> RunInfo:
     """A run folder, or a checkpoint inside one (whose arguments, log and card are the run's)."""
     is_checkpoint = bool(_CHECKPOINT.match(path.name) or path.name == "pissa_converted") \
@@ -245,7 +253,7 @@ def read_run(saves: Path, path: Path) -> RunInfo:
     own = has_adapter(path) or has_model(path)
     steps = checkpoints(path) if not is_checkpoint else []
     source = path if own else steps[-1][1]  # a run stopped early: its last checkpoint
-    kind = "lora" if has_adapter(source) else str(args.get("finetuning_type") or "full")
+    kind = "lora" if has_adapter(source) else str(args.get("finetuning_type") or whole_model_kind(run_dir))
     if kind == "lora" and not has_adapter(source):
         kind = "full"
     losses = losses_by_step(run_dir / "trainer_log.jsonl")
