@@ -14,6 +14,8 @@ from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from ..safe_fs import SafeDir
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY,
@@ -41,9 +43,12 @@ _JSON_COLUMNS = ("request", "stages", "result")
 
 
 class History:
-    def __init__(self, db_path: Path) -> None:
+    def __init__(self, db_path: Path, root: Path | None = None) -> None:
+        """`root`: the data directory the database lies in (default: its own folder); nothing on the way
+        from there to the file may be a link (a tool container could plant one)."""
         self.path = Path(db_path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fs = SafeDir(root if root is not None else self.path.parent)
+        self.fs.mkdirs(self.path.parent)
         self._lock = threading.Lock()
         with self._db() as db:
             db.executescript(_SCHEMA)
@@ -51,7 +56,7 @@ class History:
     @contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
         """A connection committed on success and always closed."""
-        with closing(sqlite3.connect(self.path, timeout=10)) as db:
+        with closing(self.fs.sqlite(self.path, timeout=10)) as db:
             db.row_factory = sqlite3.Row
             with db:
                 yield db
