@@ -50,3 +50,34 @@ def test_the_bar_moves_within_the_stage_and_never_back():
     assert abs(job.progress - 0.35) < 1e-9  # at most the next stage's start
     job.enter_stage("quantize", 0.35, 0.42)
     assert job.activity == ""
+
+
+def test_past_its_cap_the_log_is_trimmed_a_quarter_at_a_time_so_viewers_get_appends():
+    from app.export.jobs import MAX_LOG_LINES
+
+    job = ExportJob("j", None, ("a",))
+    for i in range(MAX_LOG_LINES):
+        job.emit(f"line {i}", "convert")
+    before = job.log_text()
+    job.emit("one more", "convert")
+    trimmed = job.log_text()
+    assert not trimmed.startswith(before)  # one front change, once
+    assert trimmed.splitlines()[0] == f"[log] … {MAX_LOG_LINES // 4 + 1} earlier lines are not kept"
+    assert len(trimmed.splitlines()) == MAX_LOG_LINES - MAX_LOG_LINES // 4 + 1
+    for i in range(MAX_LOG_LINES // 4 - 1):  # then only appends until the cap is reached again
+        job.emit(f"more {i}", "convert")
+        now = job.log_text()
+        assert now.startswith(trimmed)
+        trimmed = now
+    assert job.line_count() == MAX_LOG_LINES + MAX_LOG_LINES // 4  # every line counted, kept or not
+
+
+def test_a_viewer_gets_state_changes_at_once_lines_in_batches_and_the_bar_once_a_second():
+    from app.export.feed import BAR_EVERY, LINES_EVERY, due
+
+    assert due(10.0, 9.99, state_changed=True, new_lines=False, bar_moved=False)
+    assert not due(10.0, 10.0 - LINES_EVERY / 2, state_changed=False, new_lines=True, bar_moved=True)
+    assert due(10.0, 10.0 - LINES_EVERY, state_changed=False, new_lines=True, bar_moved=False)
+    assert not due(10.0, 10.0 - BAR_EVERY / 2, state_changed=False, new_lines=False, bar_moved=True)
+    assert due(10.0, 10.0 - BAR_EVERY, state_changed=False, new_lines=False, bar_moved=True)
+    assert not due(99.0, 0.0, state_changed=False, new_lines=False, bar_moved=False)  # nothing new: nothing sent

@@ -11,6 +11,7 @@ from typing import AsyncIterator, Callable
 
 import gradio as gr
 
+from ..export import feed
 from ..export.engine import ExportBusy, ExportJob
 from ..export.plan import DEFAULT_VERIFY_PROMPT, build_request, default_ollama_name
 from ..export.reports import base_request, report_request
@@ -108,24 +109,8 @@ def build(runtime: Runtime) -> dict:
         async for update in follow(job):
             yield update
 
-    async def follow(job: ExportJob):
-        sent_lines, sent_state = -1, None
-        try:
-            while True:
-                finished = job.finished
-                summary = job.summary()
-                state = (summary["status"], summary["stage"], tuple(summary["stages"].values()),
-                         summary["progress"], summary["activity"])  # a tool's bar moves without new log lines
-                count = job.line_count()
-                if count != sent_lines or state != sent_state or finished:
-                    sent_lines, sent_state = count, state
-                    yield job.log_text(), summary
-                if finished:
-                    return
-                await asyncio.sleep(0.1)
-        finally:
-            if not job.finished:
-                runtime.exports.cancel(job.id)
+    def follow(job: ExportJob):
+        return feed.follow(job, cancel_job)
 
     def start_report(job_id, kl_threshold) -> ExportJob:
         request = report_request(runtime.settings.data_dir, runtime.exports.history, job_id, kl_threshold)
