@@ -567,20 +567,23 @@ def tool_processes(env) -> list[str]:
     return out
 
 
-class CancelOnExec:
-    """The app's real gateway, except that the export is cancelled right after the tool of `stage` starts:
-    before anyone has read its first line (the PID its wrapper prints)."""
+class ExecRecorder:
+    """The app's real gateway, recording which stage started each tool; with `cancel_in` set, the export is
+    cancelled right after that stage's first tool starts: before anyone has read its first line (the PID
+    its wrapper prints)."""
 
-    def __init__(self, gateway, manager, stage: str) -> None:
-        self.gateway, self.manager, self.stage, self.fired = gateway, manager, stage, False
+    def __init__(self, gateway, manager) -> None:
+        self.gateway, self.manager, self.cancel_in, self.execs = gateway, manager, None, []
 
     def __getattr__(self, name):
         return getattr(self.gateway, name)
 
     def exec_tool(self, command):
         handle = self.gateway.exec_tool(command)
-        if not self.fired and self.manager.current.stage == self.stage:
-            self.fired = True
+        stage = self.manager.current.stage
+        self.execs.append((stage, handle))
+        if stage == self.cancel_in:
+            self.cancel_in = None
             self.manager.cancel()
         return handle
 
@@ -611,22 +614,28 @@ def test_a_cancel_at_every_stage_boundary_and_before_a_tool_pid_leaves_nothing_r
         assert not tool_processes(env), (stage, tool_processes(env))
         assert not list(env["data"].rglob("*.partial")), stage
 
-    for stage in STAGES:
-        finished_clean(manager.start(request(), at_start(stage)), stage)
-    # before the PID is read: merge (after its cleanup of a stale partial) and convert run their tools for real
+    tools = manager.tools
+    gateway = tools.gateway
     stamps = next((env["data"] / "exports").glob("*/merged")).parent / ".stamps"
     kept = {p.name: p.read_bytes() for p in stamps.iterdir()}
-    tools, gateway = manager.tools, manager.tools.gateway
+    tools.gateway = recorder = ExecRecorder(gateway, manager)
     try:
+        for stage in STAGES:
+            recorder.execs.clear()
+            finished_clean(manager.start(request(), at_start(stage)), stage)
+            assert not [s for s, _ in recorder.execs if s == stage], f"a tool was started after the cancel in {stage}"
+        # before the PID is read: merge (after its cleanup of a stale partial) and convert run their tools
         for stage in ("convert", "merge"):
             (stamps / f"{stage}.json").unlink()  # the stage runs its tool for real
             if stage == "merge":
                 (stamps.parent / "merged.partial").mkdir()  # a stale partial the merge cleans up first
-            tools.gateway = CancelOnExec(gateway, manager, stage)
+            recorder.execs.clear()
+            recorder.cancel_in = stage
             job = manager.start(request())
             finished_clean(job, stage)
-            assert tools.gateway.fired
-            assert any(line.startswith(f"[{stage}] $ ") for line in job.log_text().splitlines())  # it was started
+            started = [h for s, h in recorder.execs if s == stage]
+            assert len(started) == 1, started  # its tool was started, once,
+            assert gateway.exec_exit_code(started[0].exec_id) in (143, 137)  # and killed, not left to finish
     finally:
         tools.gateway = gateway
         for name, content in kept.items():  # the next tests reuse the stages again
