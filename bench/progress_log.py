@@ -4,11 +4,13 @@ A 3-minute tool redraws a tqdm bar 20 times a second and prints an ordinary line
 shape of llama.cpp's converter on a large model: one line per tensor, a "Writing" bar). It stands in for the
 converter (TUNEDECK_CONVERT_SCRIPT; when it is done it runs the real one, so the export goes on), and runs
 through TuneDeck's real path: the convert stage's ToolRunner, `docker exec` in the llama.cpp container, the
-job log, the /export stream, one gradio_client viewer behind a byte-counting TCP proxy.
+job log, the /export stream, one gradio_client viewer behind the project's Caddyfile (as deployed: Caddy is
+the only way in, and compresses), with a byte-counting TCP proxy on each side of Caddy.
 
-Reports ratio = bytes the viewer received / the size of the final log (goal <= 2: the log is sent once,
-as appends, and the bar moves in place without flooding it), and the number of distinct progress values
-the viewer saw during the convert stage (the bar moves with the tool's own progress).
+Reports ratio = bytes the viewer received / the size of the final log (goal <= 2), ratio_direct = the same
+for what the app itself sent (uncompressed, before Caddy; Gradio's last message repeats every output in
+full, so this one cannot go under about 2), and progress_values = the distinct progress values the viewer
+saw during the convert stage (the bar moves with the tool's own progress).
 Run: python bench/progress_log.py   (PROGRESS_LOG_SECONDS=20 for a quick run; default 180)
 """
 
@@ -20,15 +22,18 @@ import socket
 import tempfile
 import threading
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 from _common import new_stack, report
 
 from gradio_client import Client
 from tests.harness.appserver import app_process, settings_for
+from tests.harness.caddy import running_caddy
 from tests.harness.toolbox import start_llamacpp, start_llamafactory, start_ollama, tiny_run
 
 SECONDS = float(os.environ.get("PROGRESS_LOG_SECONDS", "180"))
+DUMP = os.environ.get("PROGRESS_LOG_DUMP", "")  # a file that receives every byte sent to the viewer
 REDRAWS_PER_S = 20
 LINE_EVERY = 10  # redraws: two ordinary lines a second
 TOOL = '''"""A converter that takes {seconds:g} s: a tqdm bar redrawn {hz} times a second, a line per tensor."""
@@ -76,6 +81,9 @@ class CountingProxy:
                 if count:
                     with self._lock:
                         self.sent += len(data)
+                        if DUMP:
+                            with open(DUMP, "ab") as f:
+                                f.write(data)
                 dst.sendall(data)
         except OSError:
             pass
@@ -106,10 +114,12 @@ def main() -> None:
         os.environ["TUNEDECK_CONVERT_SCRIPT"] = str(tool)  # app_process passes the environment on
         settings = settings_for(tunedeck_project=stack.project, tunedeck_data_dir=str(data),
                                 tunedeck_ollama_url=ollama.url)
-        with app_process(settings) as (_proc, url):
-            proxy = CountingProxy(int(url.rsplit(":", 1)[1]))
-            client = Client(f"http://127.0.0.1:{proxy.port}", verbose=False)
-            before = proxy.sent
+        with app_process(settings) as (_proc, url), ExitStack() as later:
+            app_side = CountingProxy(int(url.rsplit(":", 1)[1]))
+            caddy = later.enter_context(running_caddy({"TUNEDECK_UPSTREAM": f"127.0.0.1:{app_side.port}"}))
+            viewer_side = CountingProxy(caddy.port)
+            client = Client(f"http://127.0.0.1:{viewer_side.port}", verbose=False)
+            before = viewer_side.sent, app_side.sent
             job = client.submit(run, "", "", "f16", [], "progress-bench", "", True, False, False, 0.05,
                                 api_name="/export")
             updates, convert_values, log, status = 0, set(), "", {}
@@ -120,14 +130,16 @@ def main() -> None:
                     convert_values.add(status["progress"])
             elapsed = time.monotonic() - t0
             time.sleep(0.5)
-            sent = proxy.sent - before
+            sent, direct = viewer_side.sent - before[0], app_side.sent - before[1]
             client.close()
-            proxy.close()
+            for proxy in (viewer_side, app_side):
+                proxy.close()
         final = len(log.encode())
         report("progress_log", tool_s=round(SECONDS), status=status.get("status"), updates=updates,
-               bytes_sent=sent, final_log_bytes=final, log_lines=log.count("\n") + 1,
+               bytes_sent=sent, bytes_sent_direct=direct, final_log_bytes=final, log_lines=log.count("\n") + 1,
                progress_values=len(convert_values), export_s=round(elapsed, 1),
-               convert_s=(status.get("stage_seconds") or {}).get("convert"), ratio=round(sent / max(final, 1), 3))
+               convert_s=(status.get("stage_seconds") or {}).get("convert"),
+               ratio_direct=round(direct / max(final, 1), 3), ratio=round(sent / max(final, 1), 3))
     finally:
         stack.cleanup()
         shutil.rmtree(tmp, ignore_errors=True)

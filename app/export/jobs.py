@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from ..safe_fs import SafeDir, UnsafePath
 from .plan import ExportPlan, ExportRequest
+from .progress import without_bar
 
 if TYPE_CHECKING:
     from ..docker_gateway import DockerGateway, ExecHandle
@@ -114,7 +115,7 @@ class ExportJob:
         start, end = self._span
         with self._lock:
             self.progress = max(self.progress, start + (end - start) * max(0.0, min(fraction, 1.0)))
-            self.activity = line.strip()[:300] + (f" · ETA {eta}" if eta else "")
+            self.activity = without_bar(line.strip())[:300] + (f" · ETA {eta}" if eta else "")
 
     def set_stage_status(self, stage: str, state: str) -> None:
         with self._lock:
