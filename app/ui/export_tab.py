@@ -41,18 +41,6 @@ PRIVATE = {"api_visibility": "private"}
 REFUSALS = (InvalidInput, ExportBusy, DataDirUnavailable, UnsafePath)  # one sentence each, shown as gr.Error
 
 
-class StatusJSON(gr.JSON):
-    """gr.JSON whose value travels as a plain dict. A stream then sends only the keys that changed (the
-    progress, the tool's line); gr.JSON's own wrapper object is replaced whole at every update."""
-
-    def postprocess(self, value):
-        data = super().postprocess(value)
-        return None if data is None else data.model_dump()
-
-    def get_block_name(self) -> str:
-        return "json"  # the same component in the page
-
-
 async def start_unorphaned(start: Callable[..., ExportJob], cancel: Callable[[str], object], *args) -> ExportJob:
     """`start(*args)` in a worker thread. Should the request be cancelled meanwhile (the client went away
     between the click and the first update), the job it started is cancelled the moment it exists: no job
@@ -201,7 +189,7 @@ def build(runtime: Runtime) -> dict:
                                          title="Size vs KL divergence", x_title="MiB", y_title="mean KLD",
                                          elem_id="export-report-plot", height=260, scale=2)
         with gr.Accordion("Result (JSON)", open=False):
-            status = StatusJSON(label="Result", elem_id="export-status")
+            status = gr.JSON(label="Result", elem_id="export-status")
         gr.Markdown(f"Verification prompt: *{DEFAULT_VERIFY_PROMPT}*")
         lower = export_history.build(runtime)
 
