@@ -28,7 +28,7 @@ import sqlite3
 import stat
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Callable, Iterator
+from typing import IO, Iterator
 from urllib.parse import quote
 
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -332,5 +332,3 @@ def trusted_parent(path: str | os.PathLike) -> SafeDir:
     gives no data directory, such as a GGUF edited in a folder of the caller's choosing)."""
     return SafeDir(Path(path).parent)
 
-
-Opener = Callable[[str, int], int]
