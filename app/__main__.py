@@ -10,6 +10,7 @@ import signal
 import sys
 import threading
 
+from . import read_access
 from .auth import AuthConfigError, generated_login, make_checker, parse_credentials
 from .config import LOG_LEVELS, ConfigError, Settings, env_help_text
 from .logging_setup import configure
@@ -64,6 +65,7 @@ def login_for(args: argparse.Namespace, settings: Settings) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    reads_all = read_access.enable()  # first: before any thread starts (capabilities are per thread)
     try:
         settings = Settings.from_env()
     except ConfigError as exc:
@@ -71,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     args = parse_args(argv, settings)
     configure(args.log_level)
+    if not reads_all:
+        log.info("running as uid %d without CAP_DAC_READ_SEARCH: files the tools keep private (safetensors "
+                    "weights are mode 0600) cannot be read; compose/docker-compose.yml adds it (cap_add)", os.getuid())
     try:
         creds = login_for(args, settings)
     except AuthConfigError as exc:

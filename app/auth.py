@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import hmac
-import os
 import secrets
 from pathlib import Path
 from typing import Callable
+
+from .safe_fs import SafeDir
 
 LOGIN_FILE = "tunedeck-login"
 GENERATED_USER = "admin"
@@ -64,12 +65,8 @@ def generated_login(data_dir: Path) -> tuple[dict[str, str], Path, bool]:
         creds = parse_credentials(str(path))
         if creds:
             return creds, path, False
-    path.parent.mkdir(parents=True, exist_ok=True)
+    Path(data_dir).mkdir(parents=True, exist_ok=True)
     password = secrets.token_urlsafe(18)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(f"# TuneDeck dashboard login, generated on first start (user:password)\n"
-                f"{GENERATED_USER}:{password}\n")
-    os.replace(tmp, path)
+    SafeDir(data_dir).write_text(path, f"# TuneDeck dashboard login, generated on first start (user:password)\n"
+                                       f"{GENERATED_USER}:{password}\n", mode=0o600)
     return {GENERATED_USER: password}, path, True

@@ -108,6 +108,10 @@ class DockerGateway:
             self._client = None
 
     def unreachable_message(self) -> str:
+        sock = self.base_url[len("unix://"):] if self.base_url.startswith("unix://") else ""
+        if sock and os.path.exists(sock) and not os.access(sock, os.R_OK | os.W_OK):
+            return (f"Docker engine at {self.base_url} refuses this user (uid {os.getuid()}): give the app the "
+                    "socket's group (DOCKER_GID=$(stat -c %g /var/run/docker.sock) in compose/.env)")
         return f"Docker engine not reachable at {self.base_url}"
 
     def _call(self, fn, *args, **kwargs):

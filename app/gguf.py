@@ -3,9 +3,10 @@ e.g. whether they add a BOS token themselves, without loading any weights."""
 
 from __future__ import annotations
 
-import os
 import struct
 from pathlib import Path
+
+from .safe_fs import SafeDir, trusted_parent
 
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 _STRING, _ARRAY = 8, 9
@@ -87,10 +88,12 @@ def adds_bos(meta: dict) -> bool:
     return bool(value)
 
 
-def set_bool(path: Path, key: str, value: bool) -> bool:
+def set_bool(path: Path, key: str, value: bool, fs: SafeDir | None = None) -> bool:
     """Rewrite a boolean metadata value in place (one byte; the file keeps its size and layout).
-    False when the file has no such boolean key (see `add_bool`)."""
-    with open(path, "r+b") as f:
+    False when the file has no such boolean key (see `add_bool`). The file is opened through `fs` (default:
+    its own folder), never through a link."""
+    fs = fs or trusted_parent(path)
+    with open(path, "r+b", opener=fs.opener) as f:
         if f.read(4) != b"GGUF":
             raise NotGGUF(f"{Path(path).name} is not a GGUF file")
         r = _Reader(f)
@@ -140,11 +143,13 @@ def _skip_tensor_infos(r: _Reader, count: int) -> None:
         r.f.seek(8 * dims + 4 + 8, 1)  # dims, type, offset
 
 
-def add_bool(path: Path, key: str, value: bool, chunk: int = 16 << 20) -> None:
+def add_bool(path: Path, key: str, value: bool, chunk: int = 16 << 20, fs: SafeDir | None = None) -> None:
     """Add a boolean metadata key by rewriting the file (new header, same tensor infos, tensor data copied
-    after re-padding to the file's alignment): for a key the converter did not write."""
+    after re-padding to the file's alignment): for a key the converter did not write. The new file is
+    written beside it and renamed over it through `fs` (default: its own folder)."""
     path = Path(path)
-    with open(path, "rb") as f:
+    fs = fs or trusted_parent(path)
+    with open(path, "rb", opener=fs.opener) as f:
         if f.read(4) != b"GGUF":
             raise NotGGUF(f"{path.name} is not a GGUF file")
         r = _Reader(f)
@@ -164,8 +169,7 @@ def add_bool(path: Path, key: str, value: bool, chunk: int = 16 << 20) -> None:
         data_start = -(-infos_end // alignment) * alignment
         raw_key = key.encode()
         entry = struct.pack("<Q", len(raw_key)) + raw_key + struct.pack("<I", 7) + (b"\x01" if value else b"\x00")
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as out:
+        with fs.replacing(path) as out:
             out.write(b"GGUF" + struct.pack("<IQQ", version, n_tensors, n_kv + 1))
             f.seek(kv_start)
             out.write(f.read(kv_end - kv_start))
@@ -175,4 +179,3 @@ def add_bool(path: Path, key: str, value: bool, chunk: int = 16 << 20) -> None:
             f.seek(data_start)
             while block := f.read(chunk):
                 out.write(block)
-    os.replace(tmp, path)

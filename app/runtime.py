@@ -9,6 +9,7 @@ from .config import Settings
 from .docker_gateway import DockerGateway
 from .log_hub import LogHub
 from .ollama import OllamaClient
+from .safe_fs import UnsafePath
 from .sessions import SessionGuard
 from .status_monitor import StatusMonitor
 
@@ -61,6 +62,8 @@ class Runtime:
                         f"The data directory {self.settings.data_dir} is not usable ({exc.strerror or exc}); "
                         "set TUNEDECK_DATA_DIR."
                     ) from exc
+                except UnsafePath as exc:
+                    raise DataDirUnavailable(str(exc)) from exc
             return self._exports
 
     @property

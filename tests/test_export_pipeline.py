@@ -495,3 +495,148 @@ def test_export_tab_in_the_browser(env, page, screenshots):
     expect(page.locator("#ollama-models")).not_to_contain_text("tiny-ui:latest")
     names = [m["name"] for m in httpx.get(env["ollama"].url + "/api/tags").json()["models"]]
     assert "tiny-ui:latest" not in names
+
+
+# -- links planted by code in a tool container (issue 20) -------------------------------------------
+LINK_SENTENCE = "is a symbolic link; TuneDeck does not write through links in the data directory."
+
+
+def plant(env, script: str) -> None:
+    """Run `script` as root in the LLaMA-Factory container, where user code runs (trust_remote_code)."""
+    out = env["llamafactory"].exec_run(["sh", "-c", "set -e; " + script])
+    assert out.exit_code == 0, out.output.decode()
+
+
+def outside_files(outside: Path) -> dict:
+    return {str(p.relative_to(outside)): p.read_text() for p in outside.rglob("*") if p.is_file()}
+
+
+def test_links_planted_in_an_export_folder_never_make_the_app_write_outside(env, tmp_path):
+    seen, _ = full_export(env)
+    work = Path(seen[-1][2]["result"]["workdir"])
+    gguf = next(n for n in seen[-1][2]["result"]["artifacts"] if n.endswith("-f16.gguf"))
+    q4 = gguf.replace("-f16.gguf", "-Q4_K_M.gguf")
+    outside = tmp_path / "outside"  # on the host, beside the data dir: the app (run here as root) could write it
+    outside.mkdir()
+    (outside / "victim").write_text("keep")
+    before = outside_files(outside)
+    # files, `.partial` names and a whole folder: each one a name the next export writes
+    plant(env, f"cd {work}; for n in merge.yaml Modelfile .stamps/merge.json; do rm -f $n; ln -s {outside}/victim $n; "
+               f"done; ln -sfn {outside}/made-f16 {gguf}.partial; ln -sfn {outside}/victim {q4}.partial; "
+               f"rm -rf merged.partial; ln -sfn {outside} merged.partial")
+    log, status = _final(stream_export(env["app"].url, export_args(env["run"], name="tiny-links", overwrite=True))[0])
+    assert status["status"] == "succeeded", log[-3000:]
+    assert status["stages"]["merge"] == "done" and status["stages"]["convert"] == "done"  # really rewritten
+    assert outside_files(outside) == before and sorted(p.name for p in outside.iterdir()) == ["victim"]
+    for name in ("merge.yaml", "Modelfile", ".stamps/merge.json", "merged", gguf, q4):
+        assert (work / name).exists() and not (work / name).is_symlink(), name
+    assert not list(env["data"].rglob("*.partial"))
+
+    # a linked folder in the way: the export stops with one sentence, and nothing is written there
+    plant(env, f"cd {work}; mv eval eval.kept; ln -s {outside} eval")
+    try:
+        log, status = _final(stream_export(env["app"].url, export_args(env["run"], name="tiny-links",
+                                                                       overwrite=True))[0])
+    finally:
+        plant(env, f"cd {work}; rm eval; mv eval.kept eval")
+    assert status["status"] == "failed" and status["stage"] == "fidelity", log[-2000:]
+    assert status["error"] == f"fidelity failed: exports/{work.name}/eval {LINK_SENTENCE}"
+    # the whole work folder replaced by a link
+    plant(env, f"mv {work} {work}.kept; ln -s {outside} {work}")
+    try:
+        log, status = _final(stream_export(env["app"].url, export_args(env["run"], name="tiny-links",
+                                                                       overwrite=True))[0])
+    finally:
+        plant(env, f"rm {work}; mv {work}.kept {work}")
+    assert status["status"] == "failed" and status["stage"] == "merge", log[-2000:]
+    assert status["error"] == f"merge failed: exports/{work.name} {LINK_SENTENCE}"
+    assert outside_files(outside) == before and sorted(p.name for p in outside.iterdir()) == ["victim"]
+    assert not list(env["data"].rglob("*.partial"))
+
+
+# -- a cancel whenever it lands (issue 20) ----------------------------------------------------------
+IDLE = ("/sbin/docker-init", "sleep 86400", "ps -o args")
+
+
+def tool_processes(env) -> list[str]:
+    """What runs in the tool containers besides their idle command."""
+    out = []
+    for container in (env["llamafactory"], env["llamacpp"]):
+        ps = container.exec_run(["ps", "-o", "args"]).output.decode().splitlines()[1:]
+        out += [p for p in ps if p.strip() and not p.startswith(IDLE) and p.strip() != "args"]
+    return out
+
+
+class ExecRecorder:
+    """The app's real gateway, recording which stage started each tool; with `cancel_in` set, the export is
+    cancelled right after that stage's first tool starts: before anyone has read its first line (the PID
+    its wrapper prints)."""
+
+    def __init__(self, gateway, manager) -> None:
+        self.gateway, self.manager, self.cancel_in, self.execs = gateway, manager, None, []
+
+    def __getattr__(self, name):
+        return getattr(self.gateway, name)
+
+    def exec_tool(self, command):
+        handle = self.gateway.exec_tool(command)
+        stage = self.manager.current.stage
+        self.execs.append((stage, handle))
+        if stage == self.cancel_in:
+            self.cancel_in = None
+            self.manager.cancel()
+        return handle
+
+
+def test_a_cancel_at_every_stage_boundary_and_before_a_tool_pid_leaves_nothing_running(env):
+    from app.export.engine import PIPELINE, STAGES
+    from app.export.plan import build_request
+
+    full_export(env)  # the stages before each boundary are then reused: each case costs seconds
+    manager = env["app"].runtime.exports
+    request = lambda: build_request(env["data"], run=env["run"], quant_types=("Q4_K_M",),  # noqa: E731
+                                    ollama_name="tiny-cancel-at", overwrite=True)
+
+    def at_start(stage: str):
+        def wrap(name, progress, fn):
+            def cancelled_first(ctx):
+                manager.cancel(ctx.job.id)  # the cancel lands before the stage does anything
+                fn(ctx)
+            return (name, progress, cancelled_first if name == stage else fn)
+        return tuple(wrap(*step) for step in PIPELINE)
+
+    def finished_clean(job, stage: str) -> None:
+        assert job.done_event.wait(120), f"the export cancelled at {stage} did not end"
+        assert job.status == "cancelled" and job.error == f"Cancelled during {stage}.", (stage, job.error)
+        deadline = time.monotonic() + 5
+        while tool_processes(env) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not tool_processes(env), (stage, tool_processes(env))
+        assert not list(env["data"].rglob("*.partial")), stage
+
+    tools = manager.tools
+    gateway = tools.gateway
+    stamps = next((env["data"] / "exports").glob("*/merged")).parent / ".stamps"
+    kept = {p.name: p.read_bytes() for p in stamps.iterdir()}
+    tools.gateway = recorder = ExecRecorder(gateway, manager)
+    try:
+        for stage in STAGES:
+            recorder.execs.clear()
+            finished_clean(manager.start(request(), at_start(stage)), stage)
+            assert not [s for s, _ in recorder.execs if s == stage], f"a tool was started after the cancel in {stage}"
+        # before the PID is read: merge (after its cleanup of a stale partial) and convert run their tools
+        for stage in ("convert", "merge"):
+            (stamps / f"{stage}.json").unlink()  # the stage runs its tool for real
+            if stage == "merge":
+                (stamps.parent / "merged.partial").mkdir()  # a stale partial the merge cleans up first
+            recorder.execs.clear()
+            recorder.cancel_in = stage
+            job = manager.start(request())
+            finished_clean(job, stage)
+            started = [h for s, h in recorder.execs if s == stage]
+            assert len(started) == 1, started  # its tool was started, once,
+            assert gateway.exec_exit_code(started[0].exec_id) in (143, 137)  # and killed, not left to finish
+    finally:
+        tools.gateway = gateway
+        for name, content in kept.items():  # the next tests reuse the stages again
+            (stamps / name).write_bytes(content)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from app.docker_exec import ExecHandle
 from app.export.jobs import ExportJob
-from app.export.progress import read_progress
+from app.export.progress import read_progress, without_bar
 
 
 class _Stream:
@@ -37,6 +37,8 @@ def test_readings_of_tqdm_and_llama_cpp_counters():
     assert read_progress("chunk 3/12: top-1 agreement so far 189/189") == (0.25, None)
     assert read_progress("INFO:hf-to-gguf:blk.0.attn_q.weight, torch.float32 --> F16") is None
     assert read_progress("50% of the users") is None
+    assert without_bar("Writing:  45%|████▌     | 450/1000 [00:03<00:04]") == "Writing:  45% 450/1000 [00:03<00:04]"
+    assert without_bar("[  12/ 291] blk.0 | a | b") == "[  12/ 291] blk.0 | a | b"
 
 
 def test_the_bar_moves_within_the_stage_and_never_back():
@@ -50,3 +52,32 @@ def test_the_bar_moves_within_the_stage_and_never_back():
     assert abs(job.progress - 0.35) < 1e-9  # at most the next stage's start
     job.enter_stage("quantize", 0.35, 0.42)
     assert job.activity == ""
+
+
+def test_past_its_cap_the_log_is_trimmed_a_quarter_at_a_time_so_viewers_get_appends():
+    from app.export.jobs import MAX_LOG_LINES
+
+    job = ExportJob("j", None, ("a",))
+    for i in range(MAX_LOG_LINES):
+        job.emit(f"line {i}", "convert")
+    before = job.log_text()
+    job.emit("one more", "convert")
+    trimmed = job.log_text()
+    assert not trimmed.startswith(before)  # one front change, once
+    assert trimmed.splitlines()[0] == f"[log] … {MAX_LOG_LINES // 4 + 1} earlier lines are not kept"
+    assert len(trimmed.splitlines()) == MAX_LOG_LINES - MAX_LOG_LINES // 4 + 1
+    for i in range(MAX_LOG_LINES // 4 - 1):  # then only appends until the cap is reached again
+        job.emit(f"more {i}", "convert")
+        now = job.log_text()
+        assert now.startswith(trimmed)
+        trimmed = now
+    assert job.line_count() == MAX_LOG_LINES + MAX_LOG_LINES // 4  # every line counted, kept or not
+
+
+def test_a_viewer_gets_state_changes_at_once_and_lines_and_the_bar_once_a_second():
+    from app.export.feed import EVERY, due
+
+    assert due(10.0, 9.99, state_changed=True, changed=False)
+    assert not due(10.0, 10.0 - EVERY / 2, state_changed=False, changed=True)
+    assert due(10.0, 10.0 - EVERY, state_changed=False, changed=True)
+    assert not due(99.0, 0.0, state_changed=False, changed=False)  # nothing new: nothing sent

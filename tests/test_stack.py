@@ -51,7 +51,8 @@ def test_compose_config_is_valid_and_keeps_the_invariants(compose_cmd):
     assert check.returncode == 0, check.stderr
     config = json.loads(compose_cmd("config", "--format", "json").stdout)
     services = config["services"]
-    assert set(services) == {"caddy", "app", "easy-dataset", "llamafactory", "llamacpp", "ollama", "tensorboard"}
+    assert set(services) == {"caddy", "app", "easy-dataset", "llamafactory", "llamacpp", "ollama", "tensorboard",
+                             "data-init"}
 
     data_dir = services["app"]["environment"]["TUNEDECK_DATA_DIR"]
     for name in MODEL_SERVICES:
@@ -61,7 +62,7 @@ def test_compose_config_is_valid_and_keeps_the_invariants(compose_cmd):
         image = svc["image"]
         tag = image.rsplit(":", 1)[-1] if ":" in image.rsplit("/", 1)[-1] else ""
         assert tag and tag != "latest", f"{name}: image {image!r} is not pinned"
-        assert svc.get("restart") == "unless-stopped"
+        assert svc.get("restart") == ("no" if name == "data-init" else "unless-stopped"), name
     for name in GPU_SERVICES:
         devices = services[name]["deploy"]["resources"]["reservations"]["devices"]
         assert devices[0]["driver"] == "nvidia" and devices[0]["capabilities"] == ["gpu"]
@@ -76,6 +77,16 @@ def test_compose_config_is_valid_and_keeps_the_invariants(compose_cmd):
     for name in ("caddy", "easy-dataset", "llamafactory", "llamacpp", "ollama", "tensorboard"):
         assert services[name]["healthcheck"]["test"], name
     assert "HEALTHCHECK" in (ROOT / "compose" / "Dockerfile").read_text()  # the app's own
+    # the app never runs as root: its image's user, the socket through its group, the data dir handed over
+    # once by the same image as root
+    assert "\nUSER ${APP_UID}:${APP_UID}\n" in (ROOT / "compose" / "Dockerfile").read_text()
+    assert services["app"]["group_add"] == ["999"] and "user" not in services["app"]
+    assert services["app"]["cap_add"] == ["DAC_READ_SEARCH"]  # reads the tools' 0600 weights, writes as itself
+    init = services["data-init"]
+    assert init["image"] == services["app"]["image"] and init["user"] == "0:0"
+    assert init["command"] == ["python", "-m", "app.data_init"]
+    assert any(v["type"] == "bind" and v["target"] == data_dir for v in init["volumes"])
+    assert services["app"]["depends_on"]["data-init"]["condition"] == "service_completed_successfully"
 
 
 @pytest.mark.parametrize("auth", ["off", "on"])
@@ -176,11 +187,22 @@ def test_app_image_builds_from_an_imported_base_and_serves(docker_client, stack)
     try:
         stack.run("ollama", ["sh", "-c", 'while true; do echo "from the stack"; sleep 0.3; done'])
         port = free_port()
-        app = stack.run("app", image=image.id, command=None, network_mode="host",
+        socket_group = str(os.stat("/var/run/docker.sock").st_gid)  # compose's group_add: DOCKER_GID
+        app = stack.run("app", image=image.id, command=None, network_mode="host", group_add=[socket_group],
+                        cap_add=["DAC_READ_SEARCH"],
                         environment={"TUNEDECK_HOST": "127.0.0.1", "TUNEDECK_PORT": str(port),
                                      "TUNEDECK_PROJECT": stack.project, "TUNEDECK_DATA_DIR": "/tmp/td-data"},
                         volumes={"/var/run/docker.sock": {"bind": "/var/run/docker.sock", "mode": "rw"}})
         assert wait_for_port(port, 60), app.logs().decode()[-2000:]
+        assert app.exec_run(["id", "-u"]).output.decode().strip() == "10001"  # not root
+        # the app reads any file, as the tools' 0600 weights need; a `docker exec` gets nothing
+        ps = app.exec_run(["ps", "-o", "pid,args"]).output.decode().splitlines()
+        pid = next(line.split()[0] for line in ps if line.split()[1:] == ["python", "-m", "app"])
+        caps = {k: v.strip() for k, v in (line.split(":", 1) for line in app.exec_run(
+            ["cat", f"/proc/{pid}/status"]).output.decode().splitlines() if line.startswith("Cap"))}
+        assert int(caps["CapEff"], 16) == 1 << 2, caps  # CAP_DAC_READ_SEARCH only
+        own = app.exec_run(["cat", "/proc/self/status"]).output.decode()
+        assert "CapEff:\t0000000000000000" in own, own
         assert httpx.get(f"http://127.0.0.1:{port}/", timeout=30).status_code == 200
         client = Client(f"http://127.0.0.1:{port}", verbose=False)
         job = client.submit("ollama", 2, "", False, False, api_name="/logs")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import Settings
+from ..safe_fs import SafeDir
 from .easydataset import DatasetExport, discover
 from .registry import RegistryError, register, registered
 
@@ -31,7 +32,9 @@ def register_by_name(settings: Settings, name: str) -> str:
     matches = [e for e in exports(settings) if e.name == name]
     if not matches:
         raise RegistryError(f"No easy-dataset export named {name!r} under {settings.easydataset_dir}.")
-    return register(settings.llamafactory_data, matches[0])
+    folder = Path(settings.llamafactory_data)
+    inside = SafeDir(settings.data_dir).contains(folder)
+    return register(folder, matches[0], Path(settings.data_dir) if inside else folder)
 
 
 __all__ = ["DatasetExport", "RegistryError", "easydataset_db", "exports", "register_by_name", "registered",

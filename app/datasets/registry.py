@@ -10,11 +10,12 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import tempfile
+import stat
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from ..safe_fs import SafeDir, UnsafePath
 from .easydataset import DatasetExport
 
 INFO = "dataset_info.json"
@@ -89,32 +90,28 @@ def upsert(text: str, name: str, entry: dict) -> str:
 
 
 @contextmanager
-def _locked(folder: Path) -> Iterator[None]:
-    """An exclusive lock on the folder itself: registrations never interleave, and no lock file is left."""
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
+def _locked(fs: SafeDir, folder: Path) -> Iterator[None]:
+    """An exclusive lock on the folder itself (opened without following a link, created when missing):
+    registrations never interleave, and no lock file is left."""
+    with fs.folder(folder, create=True) as fd:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
 
 
-def atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+def atomic_write(fs: SafeDir, path: Path, text: str) -> None:
+    """A new file beside `path` (its mode kept), synced, then renamed over it: never written through a link."""
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        if path.exists():
-            os.chmod(tmp, path.stat().st_mode & 0o777)
-        else:
-            os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        st = os.stat(path, follow_symlinks=False)
+        mode = st.st_mode & 0o777 if stat.S_ISREG(st.st_mode) else 0o644
+    except OSError:
+        mode = 0o644
+    with fs.replacing(path, mode, text=True) as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def entry_for(export: DatasetExport) -> dict:
@@ -132,19 +129,25 @@ def registered(data_dir: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def register(data_dir: Path, export: DatasetExport) -> str:
-    """Merge `export` into `<data_dir>/dataset_info.json`; returns what happened in one sentence."""
+def register(data_dir: Path, export: DatasetExport, root: Path | None = None) -> str:
+    """Merge `export` into `<data_dir>/dataset_info.json`; returns what happened in one sentence.
+    `root`: the data directory `data_dir` lies in (no link is followed from there); default `data_dir`."""
     if export.problem:
         raise RegistryError(f"{export.name} cannot be registered: {export.problem}.")
     folder = Path(data_dir)
-    folder.mkdir(parents=True, exist_ok=True)
+    if root is None:
+        folder.mkdir(parents=True, exist_ok=True)  # the folder itself is the trusted root
+    fs = SafeDir(root if root is not None else folder)
     path = folder / INFO
-    with _locked(folder):
-        text = path.read_text(encoding="utf-8") if path.exists() else ""
-        existed = any(m[0] == export.name for m in members(text)) if text.strip() else False
-        new = upsert(text, export.name, entry_for(export))
-        json.loads(new)  # never write a file LLaMA Board could not read
-        if new != text:
-            atomic_write(path, new)
+    try:
+        with _locked(fs, folder):
+            text = path.read_text(encoding="utf-8") if path.exists() else ""
+            existed = any(m[0] == export.name for m in members(text)) if text.strip() else False
+            new = upsert(text, export.name, entry_for(export))
+            json.loads(new)  # never write a file LLaMA Board could not read
+            if new != text:
+                atomic_write(fs, path, new)
+    except UnsafePath as exc:
+        raise RegistryError(str(exc)) from None
     verb = "already registered, unchanged" if new == text else "updated" if existed else "registered"
     return f"{export.name} {verb} in {path} ({export.rows} rows): pick it in LLaMA Board's Dataset list."

@@ -17,6 +17,7 @@ from typing import Callable, Iterator
 from ..config import Settings
 from ..docker_gateway import DockerGateway, EngineUnavailable, ServiceUnavailable
 from ..ollama import OllamaClient, OllamaError
+from ..safe_fs import SafeDir, UnsafePath
 from .history import History
 from .jobs import Cancelled, ExportBusy, ExportJob, ExportLock, StageFailed, recover
 from .plan import ExportRequest
@@ -42,7 +43,7 @@ REPORT_PIPELINE: tuple[tuple[str, float, Callable[[StageContext], None]], ...] =
     ("report", 0.1, report.run),
 )
 STAGES = tuple(name for name, _, _ in PIPELINE)
-_EXPECTED_FAILURES = (StageFailed, OllamaError, EngineUnavailable, ServiceUnavailable)
+_EXPECTED_FAILURES = (StageFailed, OllamaError, EngineUnavailable, ServiceUnavailable, UnsafePath)
 
 
 class ExportManager:
@@ -55,10 +56,11 @@ class ExportManager:
         self.ollama = ollama
         self.data_dir = Path(settings.data_dir)
         self.exports_dir = self.data_dir / "exports"
-        self.history = history or History(self.data_dir / "tunedeck.db")
+        self.fs = SafeDir(self.data_dir)
+        self.history = history or History(self.data_dir / "tunedeck.db", self.data_dir)
         self.tools = ToolRunner(gateway, self.history)
         self._lock = threading.Lock()
-        self._file_lock = ExportLock(self.exports_dir)
+        self._file_lock = ExportLock(self.exports_dir, self.fs)
         self._current: ExportJob | None = None
         recover(self._file_lock, self.history, gateway, self.exports_dir)
 
@@ -146,7 +148,7 @@ class ExportManager:
         finally:
             if job.status != "succeeded":
                 job.set_stage_status(job.stage, job.status)
-                job.remove_partials()
+                job.remove_partials(self.fs)
             try:
                 self.history.update(job.id, status=job.status, stages=job.stage_seconds(), result=job.result(),
                                     error=job.error, log=job.log_text())

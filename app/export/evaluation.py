@@ -6,7 +6,6 @@ Each is keyed by content: a second export of the same GGUF on the same text reus
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Callable
 
@@ -15,7 +14,6 @@ from . import commands
 from .helper import cached
 from .jobs import StageFailed
 from .llama_output import ToolOutputError, kl_divergence, perplexity
-from .plan import partial
 from .stages import StageContext
 
 ATTEMPTS = 3
@@ -40,12 +38,10 @@ def run_parsed(ctx: StageContext, command: ToolCommand, label: str, parse: Calla
 
 def eval_text(ctx: StageContext) -> Path:
     evals = ctx.extras["eval"]
-    ctx.plan.eval_dir.mkdir(parents=True, exist_ok=True)
+    ctx.fs.check_dir(ctx.plan.eval_dir)  # the tools read and write here: a real folder, no link on the way
     path = ctx.plan.eval_dir / f"eval-{evals.digest[:12]}.txt"
     if not path.is_file():
-        tmp = partial(path)
-        tmp.write_text(evals.text, encoding="utf-8")
-        os.replace(tmp, path)
+        ctx.fs.write_text(path, evals.text)
     return path
 
 
@@ -66,7 +62,7 @@ def reference(ctx: StageContext) -> tuple[Path, float | None]:
                      perplexity)
     if not out.is_file() or out.stat().st_size == 0:
         raise StageFailed("llama-perplexity wrote no reference logits.")
-    os.replace(out, ref)
+    ctx.fs.replace(out, ref)
     ctx.stamps.write("reference", ref, ppl=ppl)
     ctx.emit(f"reference logits of {plan.gguf.name}: perplexity {ppl:.3f} on the evaluation text")
     ctx.extras["reference"] = (ref, ppl)
@@ -79,7 +75,7 @@ def compare(ctx: StageContext, gguf: Path, ref: Path, ref_key: str, model_key: s
     def compute() -> dict:
         return run_parsed(ctx, commands.kl_divergence_command(ctx.settings, gguf, ref), label, kl_divergence)
 
-    result, reused = cached(ctx.plan.eval_dir / ".results", ("kld", model_key, ref_key), compute)
+    result, reused = cached(ctx, ctx.plan.eval_dir / ".results", ("kld", model_key, ref_key), compute)
     if reused:
         ctx.emit(f"{label}: reused")
     return result

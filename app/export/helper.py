@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 from . import commands
@@ -32,8 +31,9 @@ def run_helper(ctx: StageContext, label: str, *args: str) -> dict:
     return json.loads(answers[-1])
 
 
-def cached(folder: Path, key_parts: tuple, compute) -> tuple[dict, bool]:
-    """(result, reused): `compute()` once per content key, stored as JSON under `folder`."""
+def cached(ctx: StageContext, folder: Path, key_parts: tuple, compute) -> tuple[dict, bool]:
+    """(result, reused): `compute()` once per content key, stored as JSON under `folder` (in the data
+    directory: written through `ctx.fs`)."""
     key = hashlib.sha256(json.dumps(key_parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
     path = Path(folder) / f"{key}.json"
     try:
@@ -41,10 +41,7 @@ def cached(folder: Path, key_parts: tuple, compute) -> tuple[dict, bool]:
     except (OSError, ValueError):
         pass
     result = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(result))
-    os.replace(tmp, path)
+    ctx.fs.write_text(path, json.dumps(result))
     return result, False
 
 

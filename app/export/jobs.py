@@ -11,14 +11,15 @@ import copy
 import fcntl
 import logging
 import os
-import shutil
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..safe_fs import SafeDir, UnsafePath
 from .plan import ExportPlan, ExportRequest
+from .progress import without_bar
 
 if TYPE_CHECKING:
     from ..docker_gateway import DockerGateway, ExecHandle
@@ -60,6 +61,7 @@ class ExportJob:
     _lock: threading.RLock = field(default_factory=threading.RLock)
     _exec: ExecHandle | None = None
     _partials: list = field(default_factory=list)
+    _dropped: int = 0           # log lines dropped at the front (past MAX_LOG_LINES)
     activity: str = ""          # the running tool's progress line (a redrawn bar), with its ETA
     _span: tuple = (0.0, 0.0)   # progress at the start of this stage and at the start of the next
 
@@ -70,15 +72,21 @@ class ExportJob:
             for line in str(text).splitlines() or [""]:
                 self._lines.append(prefix + line)
             if len(self._lines) > MAX_LOG_LINES:
-                del self._lines[: len(self._lines) - MAX_LOG_LINES]
+                # a quarter at once: a viewer's log then only grows at the end (sent as an append) for the
+                # next 5,000 lines, instead of changing at the front, and being sent whole, at every line
+                cut = len(self._lines) - MAX_LOG_LINES + MAX_LOG_LINES // 4
+                self._dropped += cut
+                del self._lines[:cut]
 
     def log_text(self) -> str:
         with self._lock:
-            return "\n".join(self._lines)
+            head = [f"[log] … {self._dropped} earlier lines are not kept"] if self._dropped else []
+            return "\n".join(head + self._lines)
 
     def line_count(self) -> int:
+        """Every line emitted so far, kept or not: it only grows, so a viewer can tell a new line by it."""
         with self._lock:
-            return len(self._lines)
+            return self._dropped + len(self._lines)
 
     # -- state --------------------------------------------------------------------------
     @property
@@ -107,7 +115,7 @@ class ExportJob:
         start, end = self._span
         with self._lock:
             self.progress = max(self.progress, start + (end - start) * max(0.0, min(fraction, 1.0)))
-            self.activity = line.strip()[:300] + (f" · ETA {eta}" if eta else "")
+            self.activity = without_bar(line.strip())[:300] + (f" · ETA {eta}" if eta else "")
 
     def set_stage_status(self, stage: str, state: str) -> None:
         with self._lock:
@@ -165,33 +173,34 @@ class ExportJob:
             self._partials.append(Path(path))
         return Path(path)
 
-    def remove_partials(self) -> list[Path]:
+    def remove_partials(self, fs: SafeDir) -> list[Path]:
+        """Remove what the stages registered, never following a link (a planted link is removed itself)."""
         with self._lock:
             partials, self._partials = list(self._partials), []
         removed = []
         for p in partials:
-            if p.is_dir():
-                shutil.rmtree(p, ignore_errors=True)
-            elif p.exists():
-                p.unlink(missing_ok=True)
-            else:
+            try:
+                if not fs.remove(p):
+                    continue
+            except (OSError, UnsafePath) as exc:
+                log.warning("export %s: could not remove %s: %s", self.id, p, exc)
+                self.emit(f"could not remove partial output {p.name}: {exc}", "cleanup")
                 continue
-            if not p.exists():
-                removed.append(p)
-                self.emit(f"removed partial output {p.name}", "cleanup")
+            removed.append(p)
+            self.emit(f"removed partial output {p.name}", "cleanup")
         return removed
 
 
 class ExportLock:
     """An exclusive flock on `<exports>/.export.lock`: one export per data directory, across processes."""
 
-    def __init__(self, exports_dir: Path) -> None:
+    def __init__(self, exports_dir: Path, fs: SafeDir) -> None:
         self.exports_dir = Path(exports_dir)
+        self.fs = fs
         self._fd: int | None = None
 
     def acquire(self) -> bool:
-        self.exports_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.exports_dir / ".export.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        fd = self.fs.open_fd(self.exports_dir / ".export.lock", os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -208,7 +217,8 @@ class ExportLock:
 
 
 def recover(lock: ExportLock, history: History, gateway: DockerGateway, exports_dir: Path) -> None:
-    """After a crash: stop tools left running, mark their jobs interrupted, delete half-written outputs."""
+    """After a crash: stop tools left running, mark their jobs interrupted, delete half-written outputs
+    (walking by descriptors: a link planted under exports/ is removed, never entered)."""
     if not lock.acquire():
         return  # another process is exporting right now
     try:
@@ -222,7 +232,7 @@ def recover(lock: ExportLock, history: History, gateway: DockerGateway, exports_
         count = history.mark_interrupted()
         if count:
             log.warning("%d export(s) were interrupted by the previous app process", count)
-        for p in Path(exports_dir).glob("*/**/*.partial"):
-            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        for name in lock.fs.remove_named(exports_dir, ".partial"):
+            log.info("removed the half-written %s", name)
     finally:
         lock.release()

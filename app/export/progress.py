@@ -16,6 +16,15 @@ _COUNTER = re.compile(r"^\s*\[\s*(\d+)\s*/\s*(\d+)\s*\]")
 _CHUNK = re.compile(r"\bchunk (\d+)/(\d+)\b")
 
 
+_BAR = re.compile(r"(\d{1,3}%)\|[^|\n]*\|")
+
+
+def without_bar(line: str) -> str:
+    """A tqdm line without its drawn bar (`45%|████ | 450/1000` → `45% 450/1000`): the dashboard draws its own
+    bar, and the glyphs would only make every update a few hundred bytes longer."""
+    return _BAR.sub(r"\1", line)
+
+
 class Reading(NamedTuple):
     fraction: float      # 0..1 of this tool's work
     eta: str | None      # as the tool printed it (mm:ss or h:mm:ss)

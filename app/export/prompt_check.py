@@ -80,15 +80,13 @@ def checked_conversations(fmt: dict, system_prompt: str) -> dict:
 
 # -- against the export's GGUF ------------------------------------------------------------------------
 def tokenize(ctx: StageContext, gguf: Path, text: str) -> list[int]:
-    folder = ctx.plan.eval_dir
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"prompt-{hashlib.sha256(text.encode()).hexdigest()[:16]}.txt"
+    path = ctx.plan.eval_dir / f"prompt-{hashlib.sha256(text.encode()).hexdigest()[:16]}.txt"
     ctx.job.add_partial(path)  # removed with the job's partials if it does not succeed
-    path.write_text(text, encoding="utf-8")
+    ctx.fs.write_text(path, text)
     try:
         lines = ctx.tools.run(ctx.job, commands.tokenize_command(ctx.settings, gguf, path), "tokenize", echo=False)
     finally:
-        path.unlink(missing_ok=True)
+        ctx.fs.remove(path)
     return parse_ids(lines)
 
 

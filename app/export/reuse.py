@@ -8,16 +8,17 @@ stamp is missing, stale or does not match its file is rebuilt.
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
+from ..safe_fs import SafeDir
 from .plan import ExportPlan
 
 
 class Stamps:
-    def __init__(self, plan: ExportPlan) -> None:
+    def __init__(self, plan: ExportPlan, fs: SafeDir) -> None:
         self.plan = plan
+        self.fs = fs
 
     def _path(self, stage: str) -> Path:
         return self.plan.stamp_path(stage.replace(":", "-"))
@@ -35,14 +36,10 @@ class Stamps:
         return stamp
 
     def write(self, stage: str, artifact: Path, **extra) -> None:
-        path = self._path(stage)
-        path.parent.mkdir(parents=True, exist_ok=True)
         data = {"key": self.plan.keys[stage], "finished": time.time(), **extra}
         if artifact.is_file():
             data["size"] = artifact.stat().st_size
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(data))
-        os.replace(tmp, path)
+        self.fs.write_text(self._path(stage), json.dumps(data))
 
     def reusable(self) -> set[str]:
         """Stages whose output can be reused; each one only if everything it was built from can be."""

@@ -19,7 +19,11 @@ class ToolRunner:
 
     def run(self, job: ExportJob, command: ToolCommand, label: str,
             on_line: Callable[[str], None] | None = None, echo: bool = True) -> list[str]:
-        """Run to completion; returns the tool's output lines. Raises StageFailed or Cancelled."""
+        """Run to completion; returns the tool's output lines. Raises StageFailed or Cancelled.
+
+        A cancel that lands before the tool starts starts nothing; one that lands while it is being started
+        (before its PID is known, or before anyone reads its output) is sent the moment the PID arrives."""
+        job.check_cancel()
         job.emit("$ " + " ".join(_short(a) for a in command.argv), label)
         handle = self.gateway.exec_tool(command)
         job.attach_exec(handle)

@@ -28,7 +28,7 @@ def prepare(ctx: StageContext, mode: str) -> dict:
     key = ("prepare", file_fingerprint(scripts / "common.py", scripts / "templates.py"), mode, req.template,
            file_fingerprint(*(Path(run) / n for n in TOKENIZER_FILES)) if run else "",
            file_fingerprint(*(Path(req.base_model) / n for n in TOKENIZER_FILES)))
-    result, reused = cached(ctx.data_dir / "exports" / ".cache", key,
+    result, reused = cached(ctx, ctx.data_dir / "exports" / ".cache", key,
                             lambda: run_helper(ctx, "template", "prepare", run, req.base_model, req.template, mode))
     if reused:
         ctx.emit("template and chat format: reused (same tokenizer files and template as before)")

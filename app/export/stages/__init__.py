@@ -3,13 +3,13 @@ through `ctx.tools` (tool containers) or `ctx.ollama`, and records results on th
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ...config import Settings
 from ...docker_gateway import DockerGateway
 from ...ollama import OllamaClient
+from ...safe_fs import SafeDir
 from ..history import History
 from ..jobs import ExportJob
 from ..plan import ExportPlan, ExportRequest
@@ -42,6 +42,11 @@ class StageContext:
     def data_dir(self) -> Path:
         return Path(self.settings.data_dir)
 
+    @property
+    def fs(self) -> SafeDir:
+        """Every write of a stage in the data directory goes through this (no symlink is followed)."""
+        return SafeDir(self.settings.data_dir)
+
     def emit(self, text: str) -> None:
         self.job.emit(text)
 
@@ -54,17 +59,19 @@ class StageContext:
         return True
 
     def claim(self, final: Path, folder: bool = False) -> Path:
-        """The `.partial` path a tool writes `final` to, created before the tool starts (so a cancel at
-        any moment has something to clean) and removed if the job does not succeed."""
+        """The `.partial` path a tool writes `final` to, created here right before the tool starts (so a
+        cancel at any moment has something to clean) and removed if the job does not succeed. Whatever sat
+        at that name (a stale partial, or a link planted by code in a tool container) is removed first, and
+        the work folder must be a real folder all the way down: the tool is handed nothing TuneDeck did not
+        just make."""
         from ..plan import partial
 
-        self.plan.workdir.mkdir(parents=True, exist_ok=True)
         out = self.job.add_partial(partial(final))
+        self.fs.remove(out)
         if folder:
-            shutil.rmtree(out, ignore_errors=True)
-            out.mkdir()
+            self.fs.new_dir(out)
         else:
-            out.touch()
+            self.fs.new_file(out)
         return out
 
     def artifact(self, path: Path) -> None:

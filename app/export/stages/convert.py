@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from ...gguf import NotGGUF, add_bool, adds_bos, read_metadata, set_bool
@@ -43,7 +42,7 @@ def run(ctx: StageContext) -> None:
         if not out.is_file() or out.stat().st_size == 0:
             raise StageFailed("The converter finished but wrote no GGUF file.")
         fix_bos(ctx, out)
-        os.replace(out, plan.gguf)
+        ctx.fs.replace(out, plan.gguf)
         ctx.stamps.write("convert", plan.gguf)
     ctx.artifact(plan.gguf)
 
@@ -69,7 +68,7 @@ def fix_bos(ctx: StageContext, gguf: Path) -> None:
     except (OSError, NotGGUF) as exc:
         raise StageFailed(f"The converted GGUF cannot be read ({exc}).") from None
     if starts is False and adds_bos(meta):
-        if not set_bool(gguf, "tokenizer.ggml.add_bos_token", False):
-            add_bool(gguf, "tokenizer.ggml.add_bos_token", False)  # the runtime's default for this vocabulary
+        if not set_bool(gguf, "tokenizer.ggml.add_bos_token", False, fs=ctx.fs):
+            add_bool(gguf, "tokenizer.ggml.add_bos_token", False, fs=ctx.fs)  # the runtime's default for this vocabulary
         ctx.emit("tokenizer metadata: training's prompts start without a BOS token but the runtime would add one; "
                  "set tokenizer.ggml.add_bos_token = false in the GGUF")

@@ -32,6 +32,7 @@ def merged_logits(ctx: StageContext, ref) -> tuple[dict, object]:
 
     def compute() -> dict:
         ctx.job.add_partial(partial(out))
+        ctx.fs.check_dir(plan.eval_dir)  # the helper writes here: a real folder, no link on the way
         req = ctx.request
         chain = [req.base_model, *req.run.prior_adapters, req.run.path] if req.run.merges and not req.base_only \
             else []
@@ -41,9 +42,8 @@ def merged_logits(ctx: StageContext, ref) -> tuple[dict, object]:
             raise StageFailed("the merged model's logits were not written")
         return result
 
-    result, reused = cached(plan.eval_dir / ".results", ("hf-logits", plan.keys["hf-logits"]), compute)
+    result, reused = cached(ctx, plan.eval_dir / ".results", ("hf-logits", plan.keys["hf-logits"]), compute)
     if reused and not out.is_file():  # the logits file went away: compute again
-        (plan.eval_dir / ".results").mkdir(exist_ok=True)
         result = compute()
     if reused:
         ctx.emit("merged model's logits: reused")

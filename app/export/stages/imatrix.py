@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 from .. import commands
 from ..jobs import StageFailed
 from . import StageContext
@@ -19,14 +17,13 @@ def run(ctx: StageContext) -> None:
         job.set_stage_status("imatrix", "reused")
         return
     evals = ctx.extras["eval"]
-    plan.eval_dir.mkdir(parents=True, exist_ok=True)
     text = plan.eval_dir / f"calibration-{plan.keys['imatrix'][:12]}.txt"
-    text.write_text(evals.calibration, encoding="utf-8")
+    ctx.fs.write_text(text, evals.calibration)
     out = ctx.claim(plan.imatrix)
     ctx.emit(f"calibration text: {len(evals.calibration)} characters of {evals.source}")
     ctx.tools.run(job, commands.imatrix_command(ctx.settings, plan.gguf, text, out), "imatrix")
     if not out.is_file() or out.stat().st_size == 0:
         raise StageFailed("llama-imatrix finished but wrote no importance matrix.")
-    os.replace(out, plan.imatrix)
+    ctx.fs.replace(out, plan.imatrix)
     ctx.stamps.write("imatrix", plan.imatrix)
     job.set_result("imatrix", str(plan.imatrix))

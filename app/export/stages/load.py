@@ -83,7 +83,8 @@ def serving_format(ctx: StageContext) -> dict:
 def run(ctx: StageContext) -> None:
     plan, req, job = ctx.plan, ctx.request, ctx.job
     serving = serving_format(ctx)
-    (plan.workdir / "Modelfile").write_text(render_modelfile(plan.targets[0].gguf.name, serving, req.system_prompt))
+    ctx.fs.write_text(plan.workdir / "Modelfile", render_modelfile(plan.targets[0].gguf.name, serving,
+                                                                   req.system_prompt))
     loaded: dict[str, str] = {}
     pending: list[tuple[str, dict]] = []  # (real name, create payload) of the models to create
     for target in plan.targets:

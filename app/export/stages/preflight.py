@@ -40,7 +40,7 @@ def run(ctx: StageContext) -> None:
                           "choose a K-quant such as Q4_K_M.")
     calib = hashlib.sha256(evals.calibration.encode()).hexdigest()
     job.plan = make_plan(ctx.data_dir, job.request, evals.digest, calib)
-    ctx.stamps = Stamps(job.plan)
+    ctx.stamps = Stamps(job.plan, ctx.fs)
     ctx.skip = ctx.stamps.reusable()
     plan, req, skip = job.plan, job.request, ctx.skip
     job.set_result("workdir", str(plan.workdir))
@@ -167,7 +167,7 @@ def run_for_report(ctx: StageContext) -> None:
     ctx.emit(f"evaluation text: {len(evals.text)} characters of {evals.source}")
     calib = hashlib.sha256(evals.calibration.encode()).hexdigest()
     job.plan = make_plan(ctx.data_dir, job.request, evals.digest, calib)
-    ctx.stamps = Stamps(job.plan)
+    ctx.stamps = Stamps(job.plan, ctx.fs)
     missing = [p.name for p in (job.plan.gguf, *job.plan.quantized.values()) if not p.is_file()]
     if missing:
         raise StageFailed(f"The export's GGUF files are gone ({', '.join(missing)}); export the run again.")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 from .. import commands
 from ..jobs import StageFailed
 from ..plan import IMATRIX_SUFFIX
@@ -32,7 +30,7 @@ def run(ctx: StageContext) -> None:
                           f"quantize {q}")
             if not out.is_file() or out.stat().st_size == 0:
                 raise StageFailed(f"llama-quantize finished but wrote no {q} file.")
-            os.replace(out, path)
+            ctx.fs.replace(out, path)
             ctx.stamps.write(f"quantize:{q}", path)
         ctx.artifact(path)
     if reused == len(plan.quantized):

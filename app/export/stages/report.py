@@ -20,7 +20,7 @@ def speed(ctx: StageContext, gguf, key: str, label: str) -> float | None:
         return {"tokens_per_s": run_parsed(ctx, commands.bench_command(ctx.settings, gguf), f"speed {label}",
                                            bench_tokens_per_second)}
 
-    result, _ = cached(ctx.plan.eval_dir / ".results", ("bench", key), compute)
+    result, _ = cached(ctx, ctx.plan.eval_dir / ".results", ("bench", key), compute)
     return result["tokens_per_s"]
 
 
