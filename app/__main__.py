@@ -47,9 +47,10 @@ def is_local(host: str) -> bool:
 
 
 def login_for(args: argparse.Namespace, settings: Settings) -> dict[str, str]:
-    """TUNEDECK_AUTH, else (when the dashboard is reachable beyond this machine) the generated login."""
+    """TUNEDECK_AUTH, else (when the dashboard is reachable beyond this machine, or TUNEDECK_LOGIN=always)
+    the generated login."""
     creds = parse_credentials(settings.auth)
-    if creds or (is_local(args.host) and not args.share):
+    if creds or (is_local(args.host) and not args.share and settings.login != "always"):
         return creds
     creds, path, created = generated_login(settings.data_dir)
     user, password = next(iter(creds.items()))

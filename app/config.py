@@ -25,7 +25,8 @@ TUNEDECK_HOST | 127.0.0.1 | Address the dashboard listens on (`--host`).
 TUNEDECK_PORT | 7860 | Port the dashboard listens on (`--port`).
 TUNEDECK_ROOT_PATH |  | Sub-path when served behind a proxy (`--root-path`).
 GRADIO_SHARE | false | Create a public Gradio share link (`--share`); needs `TUNEDECK_AUTH`.
-TUNEDECK_AUTH |  | Dashboard login: `user:password`, several separated by `,`, or the path of a file with one `user:password` per line. Empty: when a login is needed (a non-local `--host`, `--share`) one is made on first start and kept in `<data dir>/tunedeck-login`.
+TUNEDECK_AUTH |  | Dashboard login: `user:password`, several separated by `,`, or the path of a file with one `user:password` per line. Empty: when a login is needed (a non-local `--host`, `--share`, `TUNEDECK_LOGIN=always`) one is made on first start and kept in `<data dir>/tunedeck-login`.
+TUNEDECK_LOGIN | auto | When the dashboard asks for a login: `auto` (when it listens beyond localhost or shares a link) or `always` (the compose stack: it listens on the loopback of the network namespace it shares with Caddy, and every visitor arrives through Caddy).
 DOCKER_HOST | unix:///var/run/docker.sock | Docker engine the dashboard talks to.
 TUNEDECK_PROJECT | tunedeck | Compose project name: only its containers are shown and touched.
 TUNEDECK_SERVICES | caddy,app,easy-dataset,llamafactory,llamacpp,ollama,tensorboard | Compose services the stack is expected to have (shown as `missing` when absent).
@@ -109,6 +110,7 @@ class Settings:
     session_hours: float = 168.0
     ray_address: str = ""
     ray_url: str = "/ray/"
+    login: str = "auto"
     disk_warn_gb: float = 20.0
 
     @classmethod
@@ -156,6 +158,7 @@ class Settings:
             session_hours=_number("TUNEDECK_SESSION_HOURS", get("TUNEDECK_SESSION_HOURS"), 0.001, 24 * 366),
             ray_address=_url("TUNEDECK_RAY_ADDRESS", env.get("TUNEDECK_RAY_ADDRESS", "")),
             ray_url=get("TUNEDECK_RAY_URL"),
+            login=_choice("TUNEDECK_LOGIN", get("TUNEDECK_LOGIN"), ("auto", "always")),
             disk_warn_gb=_number("TUNEDECK_DISK_WARN_GB", get("TUNEDECK_DISK_WARN_GB"), 0.0, 1 << 20),
         )
 

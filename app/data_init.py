@@ -1,6 +1,7 @@
 """`python -m app.data_init`: run once as root before the app starts (compose's `data-init` service), so the
 app itself never needs root: its unprivileged user (`tunedeck` in the image) gets the data directory, the
-folders it writes (`exports/`, LLaMA-Factory's dataset folder) and its own files there.
+folders it writes (`exports/`, `training/`, LLaMA-Factory's dataset folder, `saves/` itself) and its own files
+there.
 
 Nothing is followed on the way: every change is made relative to a folder descriptor opened without
 following a link, with `chown(..., follow_symlinks=False)`, so a link planted in the data directory by
@@ -40,16 +41,20 @@ def prepare(data_dir: Path, dataset_dir: Path, uid: int, gid: int) -> list[str]:
     changed = ["."]
     with fs.folder(data_dir) as root_fd:
         changed += [name for name in APP_FILES if _chown_at(root_fd, name, uid, gid)]
-    folders = [data_dir / "exports"] + ([Path(dataset_dir)] if fs.contains(dataset_dir) else [])
+    # exports/ and training/ (the queue's job files) are the app's; saves/ only as a folder, so the queue can
+    # create a new run folder and write its training_args.yaml (the runs inside keep their writers' owner)
+    folders = [data_dir / "exports", data_dir / "training", data_dir / "saves"] \
+        + ([Path(dataset_dir)] if fs.contains(dataset_dir) else [])
     for folder in folders:
         fs.mkdirs(folder)
         with fs.folder(folder.parent) as parent_fd:
             _chown_at(parent_fd, folder.name, uid, gid)
         changed.append(fs.rel(folder))
-    with fs.folder(data_dir / "exports") as exports_fd:
-        for _path, dirnames, filenames, dir_fd in os.fwalk(".", dir_fd=exports_fd, follow_symlinks=False):
-            for name in (*dirnames, *filenames):
-                _chown_at(dir_fd, name, uid, gid)
+    for mine in ("exports", "training"):
+        with fs.folder(data_dir / mine) as folder_fd:
+            for _path, dirnames, filenames, dir_fd in os.fwalk(".", dir_fd=folder_fd, follow_symlinks=False):
+                for name in (*dirnames, *filenames):
+                    _chown_at(dir_fd, name, uid, gid)
     return changed
 
 

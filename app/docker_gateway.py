@@ -42,8 +42,9 @@ class ServiceUnavailable(Exception):
 
 @dataclass(frozen=True)
 class ToolCommand:
-    """An argv to run in a compose service's container; built only by `app.export.commands` (and, for
-    the `df` of Ollama's volume, `app.storage.ollama_disk`)."""
+    """An argv to run in a compose service's container; built only by the pipelines' command builders
+    (`app.export.commands`, `app.training.commands`, `app.storage.commands`, and for the `df` of Ollama's
+    volume, `app.storage.ollama_disk`)."""
 
     service: str
     argv: tuple[str, ...]
@@ -230,6 +231,20 @@ class DockerGateway:
         )["Id"]
         stream = self._call(lambda api: api.exec_start(exec_id, stream=True, demux=True))
         return ExecHandle(self, container, exec_id, stream)
+
+    def run_tool(self, command: ToolCommand, timeout: float = 60.0) -> tuple[int | None, list[str]]:
+        """A short pipeline command run to its end: (exit code, output lines); killed after `timeout` s."""
+        handle = self.exec_tool(command)
+        lines: list[str] = []
+        timer = threading.Timer(timeout, handle.kill, kwargs={"grace": 1.0})
+        timer.daemon = True
+        timer.start()
+        try:
+            for _, line in handle.lines():
+                lines.append(line)
+        finally:
+            timer.cancel()
+        return handle.exit_code(), lines
 
     def kill_tool(self, container: str, pid: int) -> None:
         """Stop a tool left running by a previous app process (its PID was recorded at start)."""

@@ -155,15 +155,16 @@ def test_data_init_hands_over_what_the_app_writes_and_follows_no_link(place):
     (data / "exports" / "old" / "merged" / "config.json").write_text("{}")
     (data / "exports" / "old" / "escape").symlink_to(outside)
     (data / "tunedeck-login").symlink_to(outside / "victim")
-    (data / "saves").mkdir()
+    (data / "saves" / "run").mkdir(parents=True)
     changed = prepare(data, data / "data", 10001, 10001)
-    assert changed == [".", "tunedeck-login", "exports", "data"]
+    assert changed == [".", "tunedeck-login", "exports", "training", "saves", "data"]
     for p in (data, data / "exports", data / "data", data / "exports" / "old" / "merged" / "config.json"):
         assert (p.stat().st_uid, p.stat().st_gid) == (10001, 10001), p
     for p in (data / "exports" / "old" / "escape", data / "tunedeck-login"):
         assert os.lstat(p).st_uid == 10001  # the link itself
     assert (outside.stat().st_uid, (outside / "victim").stat().st_uid) == (0, 0)  # never its target
-    assert (data / "saves").stat().st_uid == 0  # the tools' folders keep their owner
+    assert (data / "saves").stat().st_uid == 10001  # the queue makes new run folders there
+    assert (data / "saves" / "run").stat().st_uid == 0  # the runs keep their writers' owner
 
 
 def test_a_job_started_for_a_client_that_left_is_cancelled_at_once():

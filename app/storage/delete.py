@@ -16,6 +16,7 @@ import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import Callable
 
 from ..export.history import History
 from ..export.validation import InvalidInput, check_text, confine
@@ -116,9 +117,12 @@ def choose(report: StorageReport, names: list[str]) -> list[Item]:
 
 
 def execute(report: StorageReport, items: list[Item], confirm: bool, history: History | None,
-            ollama: OllamaClient | None) -> Outcome:
+            ollama: OllamaClient | None, as_owner: Callable[[Path], None] | None = None) -> Outcome:
     """Without `confirm`, say what would be freed; with it, delete, record it in the history and say what
-    was freed. Call it on a report made while no export can start (ExportManager.hold)."""
+    was freed. Call it on a report made while no export can start (ExportManager.hold).
+
+    `as_owner(path)` deletes what the app's own user may not: files the tool containers wrote as their user
+    (checkpoints in saves/), removed by a tool container after the same link-free checks."""
     files = [i for i in items if i.kind != "ollama"]
     models = [i for i in items if i.kind == "ollama"]
     nbytes = sum(i.frees if i.frees is not None else i.bytes for i in files)
@@ -131,7 +135,12 @@ def execute(report: StorageReport, items: list[Item], confirm: bool, history: Hi
     done_files, done_models = [], []
     try:
         for item in files:
-            remove(report.data_dir, item.name)
+            try:
+                remove(report.data_dir, item.name)
+            except PermissionError:
+                if as_owner is None:
+                    raise
+                as_owner(report.data_dir / item.name)
             done_files.append(item)
             outcome.deleted.append(item.name)
             log.info("storage: deleted %s (%s, %d bytes)", item.name, item.kind, item.frees or item.bytes)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from pathlib import Path
 from typing import Callable
 
 from ..config import Settings
@@ -15,6 +16,7 @@ from ..export.jobs import ExportLock
 from ..export.validation import InvalidInput
 from ..ollama import OllamaClient, OllamaError
 from . import delete
+from .commands import remove_command
 from .freespace import FreeSpace, banner, data_dir_free
 from .ollama_disk import ollama_free
 from .report import StorageReport, build
@@ -117,13 +119,21 @@ class StorageService:
     @staticmethod
     def _other_exporter(manager) -> bool:
         """Another process holds the export lock of this data dir (our own job is checked apart)."""
-        probe = ExportLock(manager.exports_dir)
+        probe = ExportLock(manager.exports_dir, manager.fs)
         if probe.acquire():
             probe.release()
             return False
         return True
 
     # -- delete ------------------------------------------------------------------------------------
+    def _remove_as_owner(self, path: Path) -> None:
+        """`rm -rf` of one checked path in the LLaMA-Factory container, whose user wrote it (the app runs as an
+        unprivileged user; the path was just reached without a link, and rm follows none inside)."""
+        code, lines = self.gateway.run_tool(remove_command(self.settings, path), timeout=600)
+        if code != 0:
+            raise OSError(f"the {self.settings.llamafactory_service} container could not delete it: "
+                          + (lines[-1][:200] if lines else f"exit code {code}"))
+
     def delete(self, names: object, confirm: object) -> dict:
         """Delete the named items (or, without `confirm`, say what that frees). Everything is checked again
         on a fresh report made while no export can start; one sentence (InvalidInput) when anything is refused,
@@ -135,7 +145,7 @@ class StorageService:
         with self._scan_lock, manager.hold() as running:
             probe = None
             if running is None:
-                probe = ExportLock(manager.exports_dir)
+                probe = ExportLock(manager.exports_dir, manager.fs)
                 other = not probe.acquire()
                 if other:
                     probe = None
@@ -145,7 +155,7 @@ class StorageService:
                 report = self._build(manager, running, with_ollama=any(n.startswith("ollama:") for n in wanted),
                                      other_exporter=other)
                 items = delete.choose(report, wanted)
-                outcome = delete.execute(report, items, confirm, manager.history, self.ollama)
+                outcome = delete.execute(report, items, confirm, manager.history, self.ollama, self._remove_as_owner)
             finally:
                 if probe is not None:
                     probe.release()

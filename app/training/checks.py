@@ -9,7 +9,6 @@ from ..config import Settings
 from ..docker_gateway import DockerGateway, EngineUnavailable, ServiceUnavailable
 from ..export.validation import InvalidInput
 from .commands import helper_command
-from .local import run_to_end
 from .ray_jobs import RayJobs, RayUnavailable
 from .request import TrainRequest
 
@@ -20,7 +19,7 @@ def ask_helper(settings: Settings, gateway: DockerGateway, script: str, *args: s
     """A training helper's JSON answer (app/training/scripts/), run in LLaMA-Factory's container; `what` names
     it in the sentence when it cannot answer."""
     try:
-        code, lines = run_to_end(gateway, helper_command(settings, script, *args), timeout=180)
+        code, lines = gateway.run_tool(helper_command(settings, script, *args), timeout=180)
     except (ServiceUnavailable, EngineUnavailable) as exc:
         raise InvalidInput(f"{what} cannot run: {exc}") from None
     answers = [ln[len(RESULT):] for ln in lines if ln.startswith(RESULT)]

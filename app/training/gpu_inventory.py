@@ -10,7 +10,6 @@ from ..config import Settings
 from ..docker_gateway import DockerGateway, EngineUnavailable, ServiceUnavailable
 from .commands import gpu_apps_command, gpu_query_command
 from .gpus import Gpu, parse_gpus, parse_processes
-from .local import run_to_end
 
 CACHE_S = 15.0
 
@@ -29,7 +28,7 @@ class GpuInventory:
             if time.monotonic() - at < max_age:
                 return gpus, note
         try:
-            code, lines = run_to_end(self.gateway, gpu_query_command(self.settings), timeout=20)
+            code, lines = self.gateway.run_tool(gpu_query_command(self.settings), timeout=20)
             if code == 0:
                 gpus, note = parse_gpus("\n".join(lines)), ""
             elif code in (126, 127):
@@ -45,7 +44,7 @@ class GpuInventory:
 
     def processes(self) -> list[dict]:
         try:
-            code, lines = run_to_end(self.gateway, gpu_apps_command(self.settings), timeout=20)
+            code, lines = self.gateway.run_tool(gpu_apps_command(self.settings), timeout=20)
         except (ServiceUnavailable, EngineUnavailable):
             return []
         return parse_processes("\n".join(lines)) if code == 0 else []

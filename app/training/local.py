@@ -15,7 +15,7 @@ from typing import Callable
 from docker.errors import APIError, NotFound
 
 from ..config import Settings
-from ..docker_gateway import DockerGateway, EngineUnavailable, ServiceUnavailable, ToolCommand
+from ..docker_gateway import DockerGateway, EngineUnavailable, ServiceUnavailable
 from .commands import alive_command, group_signal_command, train_command
 
 log = logging.getLogger(__name__)
@@ -24,21 +24,6 @@ PID_WAIT_S = 15.0
 
 class TrainerUnavailable(Exception):
     """The trainer could not be started; the message is one sentence for the user."""
-
-
-def run_to_end(gateway: DockerGateway, command: ToolCommand, timeout: float = 60.0) -> tuple[int | None, list[str]]:
-    """A short command in its container: (exit code, output lines)."""
-    handle = gateway.exec_tool(command)
-    lines: list[str] = []
-    timer = threading.Timer(timeout, handle.kill, kwargs={"grace": 1.0})
-    timer.daemon = True
-    timer.start()
-    try:
-        for _, line in handle.lines():
-            lines.append(line)
-    finally:
-        timer.cancel()
-    return handle.exit_code(), lines
 
 
 class LocalTrainer:
@@ -102,13 +87,13 @@ class LocalTrainer:
         if not pid:
             return True
         try:
-            run_to_end(self.gateway, group_signal_command(self.settings, int(pid), "TERM"))
+            self.gateway.run_tool(group_signal_command(self.settings, int(pid), "TERM"))
             deadline = time.monotonic() + grace
             while time.monotonic() < deadline:
                 if not self._group_alive(int(pid)):
                     return True
                 time.sleep(0.2)
-            run_to_end(self.gateway, group_signal_command(self.settings, int(pid), "KILL"))
+            self.gateway.run_tool(group_signal_command(self.settings, int(pid), "KILL"))
             time.sleep(0.2)
             return not self._group_alive(int(pid))
         except (ServiceUnavailable, EngineUnavailable) as exc:  # no container: no trainer either
@@ -116,5 +101,5 @@ class LocalTrainer:
             return True
 
     def _group_alive(self, pid: int) -> bool:
-        code, _ = run_to_end(self.gateway, alive_command(self.settings, pid))
+        code, _ = self.gateway.run_tool(alive_command(self.settings, pid))
         return code == 0
