@@ -29,7 +29,7 @@ TUNEDECK_AUTH |  | Dashboard login: `user:password`, several separated by `,`, o
 TUNEDECK_LOGIN | auto | When the dashboard asks for a login: `auto` (when it listens beyond localhost or shares a link) or `always` (the compose stack: it listens on the loopback of the network namespace it shares with Caddy, and every visitor arrives through Caddy).
 DOCKER_HOST | unix:///var/run/docker.sock | Docker engine the dashboard talks to.
 TUNEDECK_PROJECT | tunedeck | Compose project name: only its containers are shown and touched.
-TUNEDECK_SERVICES | caddy,app,easy-dataset,llamafactory,llamacpp,ollama,tensorboard | Compose services the stack is expected to have (shown as `missing` when absent).
+TUNEDECK_SERVICES | net,caddy,app,easy-dataset,llamafactory,llamacpp,ollama,tensorboard | Compose services the stack is expected to have (shown as `missing` when absent).
 TUNEDECK_DATA_DIR | /srv/tunedeck | Shared data directory, mounted at this same path in every model-touching container (`saves/`, `exports/`, history database).
 TUNEDECK_OLLAMA_URL | http://localhost:11434 | Base URL of the Ollama HTTP API.
 TUNEDECK_LLAMAFACTORY_SERVICE | llamafactory | Compose service that runs `llamafactory-cli`.
@@ -54,7 +54,7 @@ TUNEDECK_TOKENIZE_BIN | /app/llama-tokenize | Path of `llama-tokenize` inside th
 TUNEDECK_KL_THRESHOLD | 0.05 | Quantization report: recommend the smallest type whose mean KL divergence from f16 is below this.
 TUNEDECK_FIDELITY_MIN | 0.98 | Fidelity stage: warn when the f16 GGUF agrees with the merged model on fewer top-1 tokens than this.
 TUNEDECK_OLLAMA_MIN_VERSION | 0.32.15 | Oldest Ollama an export loads into: its llama.cpp (b10488) must be at least as new as the toolbox's converter, or it may not read the GGUF's architecture and pre-tokenizer.
-TUNEDECK_RAY_ADDRESS |  | Ray dashboard / Jobs API of an existing Ray cluster (e.g. `http://ray-head:8265`): the training queue can send jobs there. Empty: trainings run on this host only.
+TUNEDECK_RAY_ADDRESS |  | Ray dashboard / Jobs API of an existing Ray cluster (e.g. `http://10.0.0.5:8265`; the compose `ray` profile's head: `http://127.0.0.1:8265`): the training queue can send jobs there. Empty: trainings run on this host only.
 TUNEDECK_RAY_URL | /ray/ | Iframe URL of the Ray dashboard tab, shown when `TUNEDECK_RAY_ADDRESS` is set (same placeholders as the other tools).
 TUNEDECK_SESSION_HOURS | 168 | Lifetime of a dashboard login session in hours; the tool routes behind Caddy follow it.
 TUNEDECK_DISK_WARN_GB | 20 | Show a banner when free space on the data dir's filesystem or on Ollama's volume falls under this many GiB (0: never); the Storage tab shows what is safe to delete.
@@ -189,7 +189,7 @@ def _number(name: str, value: str, low: float, high: float) -> float:
 def _url(name: str, value: str) -> str:
     value = value.strip().rstrip("/")
     if value and not value.startswith(("http://", "https://")):
-        raise ConfigError(f"{name} must be an http:// or https:// address such as http://ray-head:8265, "
+        raise ConfigError(f"{name} must be an http:// or https:// address such as http://10.0.0.5:8265, "
                           f"not {value!r}.")
     return value
 

@@ -40,6 +40,13 @@ class ServiceUnavailable(Exception):
     """A tool service has no running container."""
 
 
+class ControlRefused(Exception):
+    """A container the stack cannot lose on its own: the message says what to do instead."""
+
+
+ROLE_LABEL = "tunedeck.role"  # `network`: the container whose network namespace every service shares
+
+
 @dataclass(frozen=True)
 class ToolCommand:
     """An argv to run in a compose service's container; built only by the pipelines' command builders
@@ -208,12 +215,18 @@ class DockerGateway:
         self._call(lambda api: api.start(container))
 
     def stop(self, container: str, timeout: int = 10) -> None:
-        self._checked(container)
+        self._controllable(container)
         self._call(lambda api: api.stop(container, timeout=timeout))
 
     def restart(self, container: str, timeout: int = 10) -> None:
-        self._checked(container)
+        self._controllable(container)
         self._call(lambda api: api.restart(container, timeout=timeout))
+
+    def _controllable(self, container: str) -> None:
+        info = self._checked(container)
+        if ((info.get("Config") or {}).get("Labels") or {}).get(ROLE_LABEL) == "network":
+            raise ControlRefused(f"{container} holds the network every service of the stack shares: stopping or "
+                                 "restarting it alone would cut them all off; run `docker compose up -d` instead")
 
     # -- exec -------------------------------------------------------------------------
     def exec_tool(self, command: ToolCommand) -> "ExecHandle":

@@ -1,20 +1,23 @@
 """The whole workflow on the real compose stack: `docker compose up` of compose/docker-compose.yml, then
-through Caddy only, in headless Chromium where a user would click: an easy-dataset export is registered
-and shows in LLaMA Board, a real `llamafactory-cli train` appears in the Runs and TensorBoard tabs, the
-Export tab exports it, the model answers in the Playground; `down`/`up` keeps everything; `stop app` is
-quick; the first start printed the login that works throughout.
+through Caddy only (nothing else of the stack answers on its addresses), in headless Chromium where a user
+would click: an easy-dataset export is registered and shows in LLaMA Board, a real training queued in the
+Train tab appears in the Runs and TensorBoard tabs, the Export tab exports it, the model answers in the
+Playground; `down`/`up` keeps everything; `stop app` is quick; the first start printed the login that works
+throughout.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import socket
 import subprocess
 import time
 import uuid
 
 import httpx
 import pytest
+import yaml
 from gradio_client import Client
 from playwright.sync_api import expect
 
@@ -121,6 +124,31 @@ def test_caddy_healthcheck_stays_healthy_with_basic_auth(docker_client, tmp_path
         remove_images(docker_client, images)
 
 
+def only_caddy_answers(stack: ComposeStack) -> None:
+    """From the host, one TCP connect to each port a service of the stack listens on, at each address the
+    stack's containers have: only Caddy's published ports answer."""
+    addresses = set()
+    for container in stack.containers():
+        info = json.loads(subprocess.run(["docker", "inspect", container["ID"]], capture_output=True, text=True,
+                                         check=True).stdout)[0]
+        for net in (info["NetworkSettings"].get("Networks") or {}).values():
+            if net.get("IPAddress"):
+                addresses.add(net["IPAddress"])
+    assert addresses, "the stack's containers have no address at all"
+    services = {"app": 7860, "LLaMA Board": 7861, "easy-dataset": 1718, "TensorBoard": 6006, "Ollama": 11434}
+    open_ports = {}
+    for address in sorted(addresses):
+        for what, port in {**services, "caddy": 8080, "caddy (easy-dataset)": 1717}.items():
+            try:
+                with socket.create_connection((address, port), timeout=1.0):
+                    open_ports[(address, port)] = what
+            except OSError:  # refused, or no answer
+                pass
+    assert set(open_ports.values()) == {"caddy", "caddy (easy-dataset)"}, open_ports
+    print(f"\n[journey] reachability: {len(addresses)} address(es), {len(services)} tool ports refused, "
+          f"Caddy's 2 answer")
+
+
 def test_the_whole_journey(journey: ComposeStack, page, screenshots):
     stack = journey
     t_start = time.monotonic()
@@ -129,6 +157,7 @@ def test_the_whole_journey(journey: ComposeStack, page, screenshots):
     login_file = stack.data_dir / "tunedeck-login"
     assert login_file.stat().st_mode & 0o777 == 0o600
     log_in(page, stack, user, password)
+    only_caddy_answers(stack)
 
     # 1. easy-dataset (its stand-in, through Caddy's own port, with the dashboard's session)
     ds = page.request
@@ -159,27 +188,29 @@ def test_the_whole_journey(journey: ComposeStack, page, screenshots):
     expect(board.get_by_role("option", name=name)).to_be_visible(timeout=30_000)
     page.keyboard.press("Escape")
 
-    # 2. real training in the llamafactory container, followed in the Runs and TensorBoard tabs
+    # 2. real training in the llamafactory container, queued in the Train tab, followed in the Runs and
+    #    TensorBoard tabs
     config = {"model_name_or_path": str(stack.data_dir / "models" / "tiny-llama"), "stage": "sft",
               "do_train": True, "finetuning_type": "lora", "lora_target": "all", "dataset": name,
               "dataset_dir": str(stack.data_dir / "data"), "template": "default", "cutoff_len": 64,
               "output_dir": str(stack.data_dir / "saves" / "tiny-llama" / "lora" / "journey"),
               "per_device_train_batch_size": 2, "max_steps": 120, "logging_steps": 2, "save_strategy": "no",
-              "learning_rate": 1e-3, "report_to": "tensorboard", "overwrite_output_dir": True,
-              "preprocessing_num_workers": 1, "dataloader_num_workers": 0}
-    cfg = stack.data_dir / "journey-train.yaml"
-    cfg.write_text(json.dumps(config))
-    trainer = subprocess.Popen(
-        ["docker", "compose", "-f", str(COMPOSE), "-f", str(stack.override_file), "exec", "-T", "llamafactory",
-         "llamafactory-cli", "train", str(cfg)], env=stack.env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True)
-    page.get_by_role("tab", name="Runs").click()
+              "learning_rate": 1e-3, "report_to": "tensorboard", "preprocessing_num_workers": 1,
+              "dataloader_num_workers": 0}
+    page.get_by_role("tab", name="Train", exact=True).click()
+    expect(page.locator("#train-gpus")).to_contain_text("No GPU", timeout=60_000)
+    editor = page.locator("#train-config .cm-content")
+    editor.click()
+    editor.fill(yaml.safe_dump(config, sort_keys=False))
+    page.locator("#train-submit").click()
+    expect(page.locator("#train-result")).to_contain_text("Queued as job", timeout=180_000)
+    page.get_by_role("tab", name="Runs", exact=True).click()
     runs = page.locator("#runs-table")
     expect(runs).to_contain_text("tiny-llama/lora/journey", timeout=120_000)
-    expect(runs).to_contain_text("running", timeout=60_000)
-    output, _ = trainer.communicate(timeout=600)
-    assert trainer.returncode == 0, output[-3000:]
-    expect(runs).to_contain_text("finished", timeout=30_000)
+    expect(runs).to_contain_text("running", timeout=120_000)
+    expect(runs).to_contain_text("finished", timeout=600_000)
+    run_dir = stack.data_dir / "saves" / "tiny-llama" / "lora" / "journey"
+    assert yaml.safe_load((run_dir / "training_args.yaml").read_text())["dataset"] == name  # written by the queue
     # TensorBoard's server rescans every 15 s; then its page (loaded before training) is reloaded, as
     # a user would press its reload button
     wait_for(lambda: page.request.get(stack.url + "/tensorboard/data/runs").json(), 90, 2,

@@ -51,14 +51,16 @@ def test_compose_config_is_valid_and_keeps_the_invariants(compose_cmd):
     assert check.returncode == 0, check.stderr
     config = json.loads(compose_cmd("config", "--format", "json").stdout)
     services = config["services"]
-    assert set(services) == {"caddy", "app", "easy-dataset", "llamafactory", "llamacpp", "ollama", "tensorboard",
-                             "data-init"}
+    assert set(services) == {"net", "caddy", "app", "easy-dataset", "llamafactory", "llamacpp", "ollama",
+                             "tensorboard", "data-init"}
 
     data_dir = services["app"]["environment"]["TUNEDECK_DATA_DIR"]
     for name in MODEL_SERVICES:
         binds = [v for v in services[name]["volumes"] if v["type"] == "bind" and v["target"] == data_dir]
         assert binds and binds[0]["source"] == data_dir, f"{name} must mount the data dir at {data_dir}"
     for name, svc in services.items():
+        if name == "ray-head":
+            continue
         image = svc["image"]
         tag = image.rsplit(":", 1)[-1] if ":" in image.rsplit("/", 1)[-1] else ""
         assert tag and tag != "latest", f"{name}: image {image!r} is not pinned"
@@ -67,8 +69,22 @@ def test_compose_config_is_valid_and_keeps_the_invariants(compose_cmd):
         devices = services[name]["deploy"]["resources"]["reservations"]["devices"]
         assert devices[0]["driver"] == "nvidia" and devices[0]["capabilities"] == ["gpu"]
         assert devices[0]["count"] in (-1, "all")
+    # Caddy is the only way in: one network namespace (net's) for every service, only Caddy's ports published
     published = {n for n, s in services.items() if s.get("ports")}
-    assert published == {"caddy"}
+    assert published == {"net"}
+    assert sorted(p["target"] for p in services["net"]["ports"]) == [1717, 6379, 8080]
+    assert [p["host_ip"] for p in services["net"]["ports"] if p["target"] == 6379] == ["127.0.0.1"]
+    for name, svc in services.items():
+        if name not in ("net", "data-init"):
+            assert svc.get("network_mode") == "service:net", name
+    assert services["data-init"]["network_mode"] == "none"
+    assert services["net"]["labels"]["tunedeck.role"] == "network"
+    assert services["app"]["environment"]["TUNEDECK_HOST"] == "127.0.0.1"
+    assert services["app"]["environment"]["TUNEDECK_LOGIN"] == "always"
+    assert services["ollama"]["environment"]["OLLAMA_HOST"] == "127.0.0.1:11434"
+    assert services["llamafactory"]["environment"]["GRADIO_SERVER_NAME"] == "127.0.0.1"
+    assert "--bind_all" not in services["tensorboard"]["command"]
+    assert services["easy-dataset"]["command"][-4:] == ["-H", "127.0.0.1", "-p", "1718"]
     assert services["caddy"]["depends_on"]["app"]["condition"] == "service_healthy"
     assert any(v["target"] == "/var/run/docker.sock" for v in services["app"]["volumes"])
     assert services["llamacpp"]["entrypoint"] in ([], None) and services["llamacpp"]["command"][0] == "sleep"

@@ -4,6 +4,7 @@ and the persistent job store (order, priority, moves, requeue) — no Docker."""
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 import pytest
@@ -77,12 +78,15 @@ def test_commands_give_each_job_its_gpus_and_torchrun_for_several():
     env = dict(train_env((2, 3)))
     assert env["CUDA_VISIBLE_DEVICES"] == "2,3" and env["FORCE_TORCHRUN"] == "1" and env["NPROC_PER_NODE"] == "2"
     assert dict(train_env(()))["CUDA_VISIBLE_DEVICES"] == "" and "FORCE_TORCHRUN" not in dict(train_env((0,)))
-    cmd = train_command(settings, Path("/srv/td/training/j/config-1.yaml"), Path("/srv/td/training/j/train.log"), (1,))
+    cmd = train_command(settings, Path("/srv/td/training/j/config-1.yaml"), Path("/srv/td/training/j/train.log"),
+                        Path("/srv/td/saves/m/lora/r"), (1,))
     assert cmd.service == "llamafactory" and cmd.argv[-3:] == ("llamafactory-cli", "train",
                                                                 "/srv/td/training/j/config-1.yaml")
-    assert cmd.argv[4] == "/srv/td/training/j/train.log" and cmd.workdir == "/srv/td"
-    assert ray_entrypoint(settings, Path("/srv/td/training/j k/c.yaml")) == \
-        "llamafactory-cli train '/srv/td/training/j k/c.yaml'"
+    assert cmd.argv[4:7] == ("/srv/td/training/j/train.log", "/srv/td/saves/m/lora/r",
+                             "/srv/td/training/j/config-1.yaml") and cmd.workdir == "/srv/td"
+    entry = ray_entrypoint(settings, Path("/srv/td/training/j k/c.yaml"), Path("/srv/td/saves/r"))
+    assert shlex.split(entry)[-3:] == ["llamafactory-cli", "train", "/srv/td/training/j k/c.yaml"]
+    assert shlex.split(entry)[3:5] == ["tunedeck-train", "/srv/td/saves/r"]
     assert ray_env(2, False)["NPROC_PER_NODE"] == "2" and ray_env(4, True)["USE_RAY"] == "1"
 
 

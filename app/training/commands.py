@@ -13,10 +13,15 @@ from .gpus import APP_FIELDS, GPU_FIELDS, visible_devices
 
 _SCRIPTS = Path(__file__).with_name("scripts")
 _COMMON = Path(__file__).parents[1] / "export" / "scripts" / "common.py"
+# Before the trainer starts, the job's config goes into a new run folder as training_args.yaml (as LLaMA
+# Board writes it: the Runs and Export tabs read the run's template there, "Train again" its arguments). The
+# trainer's own user writes it, whoever owns saves/; a folder that has one keeps it (a resumed run).
+_RUN_ARGS = 'if [ ! -e "$out/training_args.yaml" ]; then mkdir -p "$out" && cp "$cfg" "$out/training_args.yaml"; fi'
 # The trainer's output goes to the job's log file inside the container, so it is kept while the app is
 # down; the PID the wrapper reports leads a process group (docker exec starts a session), and a cancel
 # signals the whole group: torchrun and its workers too.
-_TO_LOG = 'log=$1; shift; exec "$@" >>"$log" 2>&1'
+_LOCAL = f'log=$1; out=$2; cfg=$3; shift 3; {_RUN_ARGS}; exec "$@" >>"$log" 2>&1'
+_RAY = f'out=$1; cfg=$2; shift 2; {_RUN_ARGS}; exec "$@"'
 
 
 def train_env(gpus: tuple[int, ...]) -> tuple[tuple[str, str], ...]:
@@ -28,11 +33,12 @@ def train_env(gpus: tuple[int, ...]) -> tuple[tuple[str, str], ...]:
     return tuple(env)
 
 
-def train_command(settings: Settings, config_path: Path, log_path: Path, gpus: tuple[int, ...]) -> ToolCommand:
+def train_command(settings: Settings, config_path: Path, log_path: Path, output_dir: Path,
+                  gpus: tuple[int, ...]) -> ToolCommand:
     """`llamafactory-cli train CONFIG` in the LLaMA-Factory container, its output appended to `log_path`."""
     return ToolCommand(settings.llamafactory_service,
-                       ("sh", "-c", _TO_LOG, "tunedeck-train", str(log_path), settings.llamafactory_cli, "train",
-                        str(config_path)),
+                       ("sh", "-c", _LOCAL, "tunedeck-train", str(log_path), str(output_dir), str(config_path),
+                        settings.llamafactory_cli, "train", str(config_path)),
                        workdir=str(settings.data_dir), env=train_env(gpus))
 
 
@@ -67,10 +73,11 @@ def helper_command(settings: Settings, script: str, *args: str) -> ToolCommand:
                        workdir=str(settings.data_dir), env=HELPER_ENV)
 
 
-def ray_entrypoint(settings: Settings, config_path: Path) -> str:
+def ray_entrypoint(settings: Settings, config_path: Path, output_dir: Path) -> str:
     """The shell command a Ray job runs on the node it lands on (every node mounts the data dir at the
     same path, so the config's absolute paths hold there)."""
-    return shlex.join([settings.llamafactory_cli, "train", str(config_path)])
+    return shlex.join(["sh", "-c", _RAY, "tunedeck-train", str(output_dir), str(config_path),
+                       settings.llamafactory_cli, "train", str(config_path)])
 
 
 def ray_env(gpus: int, distributed: bool) -> dict[str, str]:

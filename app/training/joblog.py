@@ -1,6 +1,6 @@
-"""A training job's files in the data dir: `training/<job>/config-<attempt>.yaml` (what the trainer reads),
-`train.log` (its output, and TuneDeck's own lines), and the run's `training_args.yaml` (as LLaMA Board
-writes it, so the Runs and Export tabs know the run's template and "Train again" works on it)."""
+"""A training job's files in the data dir: `training/<job>/config-<attempt>.yaml` (what the trainer reads) and
+`train.log` (its output, and TuneDeck's own lines). The trainer's own command copies the config into a new
+run as `training_args.yaml` (commands.py)."""
 
 from __future__ import annotations
 
@@ -41,26 +41,14 @@ class JobFiles:
         return self.jobs_dir / job_id / "train.log"
 
     def prepare(self, job: TrainJob, where: str) -> Path:
-        """The attempt's config file and the run's training_args.yaml; the log says how the attempt starts."""
+        """The attempt's config file; the log says how the attempt starts."""
         folder = self.jobs_dir / job.id
         config = job.request["config"]
         config_path = folder / f"config-{job.attempt}.yaml"
         self.fs.write_text(config_path, config_yaml(config))
-        self.write_run_args(Path(job.output_dir), config)
         how = f"resuming from {Path(job.resume_from).name}" if job.resume_from else "from the start"
         self.append(job.id, f"[tunedeck] attempt {job.attempt}, {how}, on {where}\n")
         return config_path
-
-    def write_run_args(self, out: Path, config: dict) -> None:
-        """training_args.yaml in a new run folder (one the trainer already wrote keeps its own: it may belong to
-        the tool containers' user, and the job's config is in the job's folder anyway)."""
-        try:
-            self.fs.mkdirs(out)
-            if not self.fs.lexists(out / "training_args.yaml"):
-                self.fs.write_text(out / "training_args.yaml", config_yaml({k: v for k, v in config.items()
-                                                                            if k != "resume_from_checkpoint"}))
-        except OSError as exc:
-            log.warning("cannot write training_args.yaml into %s: %s", out, exc)
 
     def append(self, job_id: str, text: str) -> None:
         try:

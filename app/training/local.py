@@ -31,11 +31,11 @@ class LocalTrainer:
         self.settings = settings
         self.gateway = gateway
 
-    def start(self, config_path: Path, log_path: Path, gpus: tuple[int, ...],
+    def start(self, config_path: Path, log_path: Path, output_dir: Path, gpus: tuple[int, ...],
               on_exit: Callable[[], None] | None = None) -> dict:
         """Start the trainer; returns its handle once the wrapper has reported its PID."""
         try:
-            handle = self.gateway.exec_tool(train_command(self.settings, config_path, log_path, gpus))
+            handle = self.gateway.exec_tool(train_command(self.settings, config_path, log_path, output_dir, gpus))
         except (ServiceUnavailable, EngineUnavailable) as exc:
             raise TrainerUnavailable(f"Cannot start the trainer: {exc}") from None
         got_pid = threading.Event()

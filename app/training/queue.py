@@ -211,7 +211,8 @@ class TrainingQueue:
             job = self.store.get(job.id)
             try:
                 config_path = self.files.prepare(job, f"GPUs {list(gpus)}" if gpus else "the CPU")
-                handle = self.local.start(config_path, self.files.log_path(job.id), gpus, on_exit=self.wake)
+                handle = self.local.start(config_path, self.files.log_path(job.id), Path(job.output_dir), gpus,
+                                          on_exit=self.wake)
             except (TrainerUnavailable, OSError) as exc:
                 self._end(job, FAILED, str(exc))
                 continue

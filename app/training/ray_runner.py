@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from pathlib import Path
 from typing import Callable
 
 from ..config import Settings
@@ -40,7 +41,8 @@ class RayRunner:
                 config_path = self.files.prepare(job, "the Ray cluster")
                 gpus = parse_gpu_request(job.request.get("gpus", "0")).count
                 distributed = int(job.request["config"].get("ray_num_workers") or 1) > 1
-                self.ray.submit(sid, ray_entrypoint(self.settings, config_path), env=ray_env(gpus, distributed),
+                self.ray.submit(sid, ray_entrypoint(self.settings, config_path, Path(job.output_dir)),
+                                env=ray_env(gpus, distributed),
                                 num_cpus=job.request.get("cpus") or 1, num_gpus=0 if distributed else gpus,
                                 metadata={"tunedeck_job": job.id, "run": job.name})
             except (RayUnavailable, OSError) as exc:

@@ -36,7 +36,8 @@ def build(runtime: Runtime) -> dict:
         runs = tracker.scan()
         waiting = [r for r in queued_rows() if r[0] not in {run.name for run in runs}]
         names = [r.name for r in runs]
-        selected = [n for n in (selected or []) if n in names]
+        asked = list(selected or [])
+        selected = [n for n in asked if n in names]
         if not selected and names:
             selected = [names[0]]
         key = (tuple(r.row().__repr__() for r in runs), repr(waiting), tuple(selected),
@@ -47,7 +48,10 @@ def build(runtime: Runtime) -> dict:
         frame = tracker.frame(runs)
         if waiting:
             frame = pd.concat([pd.DataFrame(waiting, columns=COLUMNS), frame], ignore_index=True)
-        return (frame, gr.update(choices=names, value=selected), loss, lr, {"key": repr(key)},
+        # the selection is set only when it must change (a run went away, none chosen yet): a tick never
+        # undoes a choice the user is making at that moment
+        choice = gr.update(choices=names, value=selected) if selected != asked else gr.update(choices=names)
+        return (frame, choice, loss, lr, {"key": repr(key)},
                 gr.update(visible=not runs and not waiting, value=EMPTY.format(saves=tracker.saves)))
 
     def replot(selected: list[str] | None):

@@ -13,7 +13,7 @@ from typing import AsyncIterator
 import gradio as gr
 import pandas as pd
 
-from ..docker_gateway import EngineUnavailable, NotInProject
+from ..docker_gateway import ControlRefused, EngineUnavailable, NotInProject
 from ..log_filter import BadFilter, SlowFilter, filter_lines, make_matcher, render_line, render_lines
 from ..log_hub import Follower
 from ..runtime import Runtime
@@ -225,7 +225,7 @@ def build(runtime: Runtime) -> dict:
         target = match.name if match else (container or "")
         try:
             getattr(runtime.gateway, action)(target)
-        except NotInProject as exc:
+        except (NotInProject, ControlRefused) as exc:
             raise gr.Error(f"Refused: {exc}.", print_exception=False) from None
         except EngineUnavailable as exc:
             raise gr.Error(str(exc), print_exception=False) from None

@@ -29,7 +29,8 @@ STANDINS = ROOT / "tests" / "standins"
 OLLAMA_CLI = """#!/bin/sh
 # `ollama serve` and `ollama list` of the image, backed by TuneDeck's Ollama stand-in
 case "$1" in
-  serve) exec python __STANDIN__ --host 0.0.0.0 --port 11434 --root /root/.ollama ;;
+  serve) host=${OLLAMA_HOST:-0.0.0.0:11434}
+         exec python __STANDIN__ --host "${host%:*}" --port "${host##*:}" --root /root/.ollama ;;
   list) exec wget -q -O - http://127.0.0.1:11434/api/tags ;;
   *) echo "ollama stand-in: unsupported command $1" >&2; exit 2 ;;
 esac
@@ -109,6 +110,7 @@ def override(images: dict[str, str]) -> dict:
             f"{ROOT / 'app'}:{ROOT / 'app'}:ro"]  # the Ollama stand-in renders prompts with app.export.gotemplate
     services: dict = {s: {"image": images[s]} for s in images}
     services["data-init"] = {"image": images["app"]}  # the app's image, run once as root
+    services["net"] = {"image": images["caddy"]}  # Caddy's image, asleep: the namespace every service shares
     for s in ("llamafactory", "llamacpp", "tensorboard", "ollama", "easy-dataset"):
         services[s]["volumes"] = list(host)
     services["llamacpp"]["volumes"].append(f"{llamacpp_app()}:/app:ro")

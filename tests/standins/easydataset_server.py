@@ -179,7 +179,22 @@ class Handler(BaseHTTPRequestHandler):
         self._json(404, {"error": "not found"})
 
 
+def next_start_args(argv: list[str]) -> list[str]:
+    """The image's command, as compose gives it after the entrypoint's own options (`pnpm exec next start -H
+    HOST -p PORT`, as the real image runs Next.js), turned into this server's --host/--port."""
+    if "next" not in argv or "start" not in argv:
+        return argv
+    at = argv.index("next")
+    own, cli = argv[:at - (2 if argv[at - 2:at] == ["pnpm", "exec"] else 0)], argv[at + 2:]
+    names = {"-H": "--host", "--hostname": "--host", "-p": "--port", "--port": "--port"}
+    for flag, value in zip(cli[0::2], cli[1::2]):
+        if flag in names:
+            own += [names[flag], value]
+    return own
+
+
 def main() -> None:
+    sys.argv[1:] = next_start_args(sys.argv[1:])
     serve(Handler, lambda handler, root: setattr(handler, "store", Store(root)), "easy-dataset stand-in", 1717,
           "/app")
 
