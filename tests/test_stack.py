@@ -105,6 +105,21 @@ def test_compose_config_is_valid_and_keeps_the_invariants(compose_cmd):
     assert services["app"]["depends_on"]["data-init"]["condition"] == "service_completed_successfully"
 
 
+def test_compose_ray_profile_adds_a_head_on_the_shared_loopback(compose_cmd):
+    """`--profile ray`: a Ray head (LLaMA-Factory's image plus Ray) whose dashboard and Jobs API only the app and
+    Caddy's /ray/ reach; without the profile there is none."""
+    out = compose_cmd("--profile", "ray", "config", "--format", "json")
+    assert out.returncode == 0, out.stderr
+    head = json.loads(out.stdout)["services"]["ray-head"]
+    assert head["image"].endswith(":2.60.0") and head["build"]["dockerfile"] == "ray.Dockerfile"
+    assert head["network_mode"] == "service:net" and not head.get("ports")
+    command = head["command"]
+    assert command[:3] == ["ray", "start", "--head"]
+    assert command[command.index("--dashboard-host") + 1] == "127.0.0.1"
+    assert any(v["type"] == "bind" and v["target"] == v["source"] for v in head["volumes"])  # same path
+    assert 'ray[default]==${RAY_VERSION}' in (ROOT / "compose" / "ray.Dockerfile").read_text()
+
+
 @pytest.mark.parametrize("auth", ["off", "on"])
 def test_caddyfile_validates(caddy_bin, auth):
     env = {**os.environ, "TUNEDECK_BASIC_AUTH": auth,
