@@ -12,6 +12,8 @@ from .commands import gpu_apps_command, gpu_query_command
 from .gpus import Gpu, parse_gpus, parse_processes
 
 CACHE_S = 15.0
+NO_GPU_CACHE_S = 120.0  # no nvidia-smi in the container: asking again every few seconds changes nothing
+PROCESS_CACHE_S = 3.0
 
 
 class GpuInventory:
@@ -19,13 +21,14 @@ class GpuInventory:
         self.settings = settings
         self.gateway = gateway
         self._cache: tuple[float, list[Gpu], str] = (float("-inf"), [], "")
+        self._procs: tuple[float, list[dict]] = (float("-inf"), [])
         self._lock = threading.Lock()
 
     def gpus(self, max_age: float = CACHE_S) -> tuple[list[Gpu], str]:
         """(GPUs, note): the note says why there are none (no nvidia-smi in the container, no container)."""
         with self._lock:
             at, gpus, note = self._cache
-            if time.monotonic() - at < max_age:
+            if time.monotonic() - at < (max_age if gpus or not note.startswith("No GPU") else NO_GPU_CACHE_S):
                 return gpus, note
         try:
             code, lines = self.gateway.run_tool(gpu_query_command(self.settings), timeout=20)
@@ -43,11 +46,18 @@ class GpuInventory:
         return gpus, note
 
     def processes(self) -> list[dict]:
+        with self._lock:
+            at, procs = self._procs
+            if time.monotonic() - at < PROCESS_CACHE_S:
+                return procs
         try:
             code, lines = self.gateway.run_tool(gpu_apps_command(self.settings), timeout=20)
+            procs = parse_processes("\n".join(lines)) if code == 0 else []
         except (ServiceUnavailable, EngineUnavailable):
-            return []
-        return parse_processes("\n".join(lines)) if code == 0 else []
+            procs = []
+        with self._lock:
+            self._procs = (time.monotonic(), procs)
+        return procs
 
     def occupied(self) -> set[int]:
         """GPUs with a compute process on them now (a LLaMA Board training, a notebook): the queue does not

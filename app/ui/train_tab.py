@@ -129,7 +129,7 @@ def build(runtime: Runtime) -> dict:
         lines = ["| GPU | name | memory | utilisation | temperature | processes |", "|---|---|---|---|---|---|"]
         for g in info["gpus"]:
             procs = [p for p in info["processes"] if p["gpu_uuid"] == g["uuid"]]
-            mem = (f"{g['memory_used_mib']:.0f} / {g['memory_total_mib']:.0f} MiB"
+            mem = (f"{g['memory_used_mib'] or 0:.0f} / {g['memory_total_mib']:.0f} MiB"
                    if g["memory_total_mib"] is not None else "?")
             temp = "" if g["temperature_c"] is None else f"{g['temperature_c']:.0f} °C"
             lines.append(f"| {g['index']} | {g['name']} | {mem} | {g['utilization_pct'] or 0:.0f} % | {temp} | "
