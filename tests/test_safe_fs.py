@@ -172,14 +172,14 @@ def test_a_job_started_for_a_client_that_left_is_cancelled_at_once():
     the job it started is cancelled the moment it exists."""
     from app.ui.export_tab import start_unorphaned
 
-    started, cancelled = threading.Event(), []
+    started, release, cancelled = threading.Event(), threading.Event(), []
 
     class Job:
         id = "j1"
 
     def start() -> Job:
         started.set()
-        threading.Event().wait(0.3)  # SQLite, the lock: a start takes a moment
+        release.wait(10)  # SQLite, the lock: a start takes a moment; it ends only once the client has left
         return Job()
 
     async def client_leaves() -> None:
@@ -190,7 +190,8 @@ def test_a_job_started_for_a_client_that_left_is_cancelled_at_once():
         with pytest.raises(asyncio.CancelledError):
             await task
         assert cancelled == []  # not yet: the job does not exist yet
-        for _ in range(100):
+        release.set()
+        for _ in range(1000):
             if cancelled:
                 break
             await asyncio.sleep(0.01)
