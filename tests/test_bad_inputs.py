@@ -31,6 +31,14 @@ def chat(model="some-model", messages=({"role": "user", "content": "hi"},), opti
     return ("/chat", (model, list(messages), options or {}))
 
 
+def train(config=None, gpus="all", where="local", priority=0, cpus=None, export=None, **config_changes):
+    base = {"model_name_or_path": "models/base", "dataset": "qa", "template": "default",
+            "output_dir": "saves/base/lora/new", "max_steps": 5}
+    base.update(config_changes)
+    text = config if config is not None else "\n".join(f"{k}: {v}" for k, v in base.items() if v is not None)
+    return ("/train", (text, gpus, where, priority, cpus, export))
+
+
 CASES = [
     ("unknown run", export(run="nope/run"), "Unknown run 'nope/run'"),
     ("run above saves/", export(run="../../etc"), "outside"),
@@ -89,6 +97,25 @@ CASES = [
     ("chat with a bad model name", chat(model="bad name"), "not a valid Ollama model name"),
     ("chat with an unknown option", chat(options={"mirostat": 2}), "Unknown option 'mirostat'"),
     ("chat with a list of models", chat(model=["a", "b"]), "Model must be one Ollama model name"),
+    ("train nothing", train(config=""), "Paste or upload a LLaMA-Factory training config"),
+    ("train on broken YAML", train(config="dataset: [qa"), "not valid YAML"),
+    ("train on a YAML list", train(config="- a\n- b"), "must be a YAML mapping"),
+    ("train on an unknown dataset", train(dataset="nope"), "Dataset 'nope' is not in"),
+    ("train into /etc", train(output_dir="/etc/x"), "outside the data directory"),
+    ("train outside saves/", train(output_dir="exports/x"), "must be a folder inside"),
+    ("train over an existing run", train(output_dir="saves/tiny/lora/run1"), "already exists"),
+    ("train a missing local model", train(model_name_or_path="models/nope"), "does not exist"),
+    ("train on a Ray cluster never set", train(where="ray"), "No Ray cluster is configured"),
+    ("train on text GPUs", train(gpus="two"), "GPUs must be 'all', a number"),
+    ("train on GPUs the host lacks", train(gpus="2"), "this host has none"),
+    ("train with a wild priority", train(priority=1000), "Priority must be from -100 to 100"),
+    ("train with an unknown export setting", train(export={"bogus": 1}), "Unknown export setting 'bogus'"),
+    ("train without LLaMA-Factory", train(), "LLaMA-Factory's argument check cannot run"),
+    ("control an unknown training job", ("/train_control", ("nope", "cancel")), "There is no training job 'nope'"),
+    ("unknown training action", ("/train_control", ("nope", "rm")), "Action must be one of"),
+    ("log of an unknown training job", ("/train_log", ("nope", False)), "There is no training job 'nope'"),
+    ("delete something unknown", ("/storage_delete", (["nope"], True)), "is not something TuneDeck can delete"),
+    ("delete outside the data dir", ("/storage_delete", (["../../etc"], True)), "outside"),
 ]
 
 
@@ -101,6 +128,8 @@ def fake_run(data):
     (run / "adapter_model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header)
     (run / "training_args.yaml").write_text(f"model_name_or_path: {data / 'models' / 'base'}\ntemplate: default\n")
     (data / "models" / "base").mkdir(parents=True)
+    (data / "data").mkdir()
+    (data / "data" / "dataset_info.json").write_text(json.dumps({"qa": {"file_name": "qa.json"}}))
     outside = data.parent / "outside-run"
     outside.mkdir()
     for f in run.iterdir():

@@ -227,7 +227,8 @@ def test_the_whole_journey(journey: ComposeStack, page, screenshots):
     page.get_by_role("tab", name="Runs").click()
     page.locator("#runs-select input").click()
     page.locator("#runs-select input").fill("tiny-llama/lora/journey")
-    page.keyboard.press("Enter")
+    page.get_by_role("option", name="tiny-llama/lora/journey").click()
+    expect(page.locator("#runs-select")).to_contain_text("tiny-llama/lora/journey")
     page.locator("#runs-export").click()
     expect(page.get_by_role("tab", name="Export")).to_have_attribute("aria-selected", "true")
     model_name = page.locator("#export-name textarea, #export-name input").first

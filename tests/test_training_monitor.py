@@ -209,7 +209,7 @@ def test_browser_sees_new_points_and_exports_a_finished_run(app_server, data_dir
 
     page.locator("#runs-select input").click()
     page.locator("#runs-select input").fill("tiny/lora/finished")
-    page.keyboard.press("Enter")
+    page.get_by_role("option", name="tiny/lora/finished", exact=True).click()
     page.locator("#runs-export").click()
     expect(page.get_by_role("tab", name="Export")).to_have_attribute("aria-selected", "true")
     expect(page.locator("#export-base textarea, #export-base input").first).to_have_value("/models/base")

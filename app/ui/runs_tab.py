@@ -48,10 +48,15 @@ def build(runtime: Runtime) -> dict:
         frame = tracker.frame(runs)
         if waiting:
             frame = pd.concat([pd.DataFrame(waiting, columns=COLUMNS), frame], ignore_index=True)
-        # the selection is set only when it must change (a run went away, none chosen yet): a tick never
-        # undoes a choice the user is making at that moment
-        choice = gr.update(choices=names, value=selected) if selected != asked else gr.update(choices=names)
-        return (frame, choice, loss, lr, {"key": repr(key)},
+        # the dropdown is touched only when its runs or the selection must change (a run appeared or went
+        # away, none chosen yet): a tick never re-renders it under a user who is choosing
+        if selected != asked:
+            choice = gr.update(choices=names, value=selected)
+        elif state and state.get("names") == names:
+            choice = gr.skip()
+        else:
+            choice = gr.update(choices=names)
+        return (frame, choice, loss, lr, {"key": repr(key), "names": names},
                 gr.update(visible=not runs and not waiting, value=EMPTY.format(saves=tracker.saves)))
 
     def replot(selected: list[str] | None):
