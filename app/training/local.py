@@ -55,6 +55,7 @@ class LocalTrainer:
         threading.Thread(target=follow, name=f"trainer-{handle.exec_id[:8]}", daemon=True).start()
         got_pid.wait(PID_WAIT_S)
         if handle.pid is None:
+            handle.kill(grace=5.0)  # a late PID is still signalled the moment it arrives: nothing runs on
             code = self._exit_code(handle.exec_id)
             detail = early[-1] if early else "no process id reported"
             raise TrainerUnavailable(f"The trainer did not start (exit code {code}): {detail[:300]}")

@@ -36,7 +36,7 @@ class RayRunner:
             if not self.store.transition(job.id, (QUEUED,), state=RUNNING, started=time.time()):
                 continue
             job = self.store.get(job.id)
-            sid = f"tunedeck-{job.id}-{job.attempt}"
+            sid = self.submission_id(job)
             try:
                 config_path = self.files.prepare(job, "the Ray cluster")
                 gpus = parse_gpu_request(job.request.get("gpus", "0")).count
@@ -53,11 +53,23 @@ class RayRunner:
                                               "log_offset": self.files.size(job.id)})
             log.info("training job %s submitted to Ray as %s", job.id, sid)
 
+    @staticmethod
+    def submission_id(job: TrainJob) -> str:
+        """Derived from the job and its attempt: an app that stopped right after submitting finds it again."""
+        return f"tunedeck-{job.id}-{job.attempt}"
+
     def reconcile(self, job: TrainJob) -> None:
         sid = job.handle.get("submission_id")
-        if not sid:
-            self._end(job, FAILED, "The job has no Ray submission (the app stopped while submitting it).")
-            return
+        if not sid:  # the app stopped between submitting and recording it: ask the cluster
+            try:
+                self.ray.status(self.submission_id(job))
+            except RayUnavailable:
+                self._end(job, FAILED, "The job never reached the Ray cluster (the app stopped while submitting it).")
+                return
+            sid = self.submission_id(job)
+            self.store.update(job.id, handle={"submission_id": sid, "ray_status": "",
+                                              "log_offset": self.files.size(job.id)})
+            job = self.store.get(job.id)
         if job.cancel and job.id not in self._stopping:
             self._stopping.add(job.id)
             try:
