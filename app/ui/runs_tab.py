@@ -64,18 +64,19 @@ def build(runtime: Runtime) -> dict:
         return loss, lr
 
     def export_target(selected: list[str] | None):
-        """The most recently selected finished run goes to the Export tab's form."""
+        """The run chosen last goes to the Export tab's form; a run still training is refused, not swapped."""
         if not selected:
             raise gr.Error("Select a finished run first.", print_exception=False)
         by_name = {r.name: r for r in tracker.scan()}
         chosen = [by_name[n] for n in selected if n in by_name]
-        finished = [r for r in chosen if r.status == "finished" and r.exportable]
-        if not finished:
-            states = ", ".join(f"{r.name} is {r.status}" + ("" if r.exportable else
-                                                            " and holds no adapter, model or checkpoint")
-                               for r in chosen) or "the selected runs are gone"
-            raise gr.Error(f"Only finished runs can be exported: {states}.", print_exception=False)
-        return gr.update(value=finished[-1].name), gr.Tabs(selected="export")
+        if not chosen:
+            raise gr.Error("The selected runs are gone: refresh and select a finished run.", print_exception=False)
+        target = chosen[-1]
+        if target.status != "finished" or not target.exportable:
+            state = target.status + ("" if target.exportable else " and holds no adapter, model or checkpoint")
+            raise gr.Error(f"Only finished runs can be exported: {target.name} (the run chosen last) is {state}.",
+                           print_exception=False)
+        return gr.update(value=target.name), gr.Tabs(selected="export")
 
     def again_target(selected: list[str] | None):
         """The most recently selected run's arguments, with a fresh output_dir, into the Train tab's form."""
