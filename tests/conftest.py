@@ -138,3 +138,15 @@ def tools_stack(stack, tmp_path):
     from tests.harness.upstreams import start_tool_upstreams
 
     return start_tool_upstreams(stack, tmp_path)
+
+
+# Longest modules first, so that `tests/run.sh`'s two workers (one module each at a time) end together
+# rather than one waiting on a long module collected last. Seconds from a serial CI run; order only.
+LONGEST_FIRST = ("test_zoo_export.py", "test_quant_report.py", "test_export_pipeline.py", "test_training_queue.py",
+                 "test_training_ray.py", "test_services.py", "test_playground.py", "test_storage.py",
+                 "test_stack.py", "test_tool_auth.py", "test_security.py")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items[:] = sorted(items, key=lambda item: rank.get(item.path.name, len(rank)))  # stable: keeps each module's order

@@ -39,8 +39,9 @@ def running_caddy(upstreams: dict[str, str], extra_env: dict[str, str] | None = 
         **os.environ,
         "TUNEDECK_HTTP_PORT": str(port),
         "TUNEDECK_DATASET_PORT": str(dataset_port),
-        "XDG_DATA_HOME": "/tmp/tunedeck-caddy-data",
-        "XDG_CONFIG_HOME": "/tmp/tunedeck-caddy-config",
+        # one folder per test worker: `tests/run.sh` runs two at once
+        "XDG_DATA_HOME": f"/tmp/tunedeck-caddy-data{os.environ.get('PYTEST_XDIST_WORKER', '')}",
+        "XDG_CONFIG_HOME": f"/tmp/tunedeck-caddy-config{os.environ.get('PYTEST_XDIST_WORKER', '')}",
         **upstreams,
         **(extra_env or {}),
     }
