@@ -203,6 +203,17 @@ def test_browser_sees_new_points_and_exports_a_finished_run(app_server, data_dir
         expect(table).to_contain_text(__import__("re").compile(r"[5-9]/400"), timeout=10_000)
         expect(line).not_to_have_attribute("d", before)
         assert line.get_attribute("d").count("L") > before.count("L"), "no new point on the loss chart"
+        # "Export this run" takes the run chosen last: one still training is refused, never swapped for another
+        import gradio as gr
+
+        from app.ui import runs_tab
+
+        with gr.Blocks():
+            runs = runs_tab.build(app_server.runtime)
+        with pytest.raises(gr.Error, match=r"Only finished runs can be exported: tiny/lora/live \(the run chosen "
+                                           r"last\) is running\."):
+            runs["export_target"](["tiny/lora/finished", "tiny/lora/live"])
+        assert runs["export_target"](["tiny/lora/live", "tiny/lora/finished"])[0]["value"] == "tiny/lora/finished"
     finally:
         trainer.stop()
     page.screenshot(path=str(screenshots / "runs-tab.png"))

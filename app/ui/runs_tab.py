@@ -73,7 +73,8 @@ def build(runtime: Runtime) -> dict:
             raise gr.Error("The selected runs are gone: refresh and select a finished run.", print_exception=False)
         target = chosen[-1]
         if target.status != "finished" or not target.exportable:
-            state = target.status + ("" if target.exportable else " and holds no adapter, model or checkpoint")
+            state = (target.status if target.status != "finished"
+                     else "finished but holds no adapter, model or checkpoint")
             raise gr.Error(f"Only finished runs can be exported: {target.name} (the run chosen last) is {state}.",
                            print_exception=False)
         return gr.update(value=target.name), gr.Tabs(selected="export")
