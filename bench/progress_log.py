@@ -30,6 +30,7 @@ from _common import new_stack, report
 from gradio_client import Client
 from tests.harness.appserver import app_process, settings_for
 from tests.harness.caddy import running_caddy
+from tests.harness.sockproxy import pipe
 from tests.harness.toolbox import start_llamacpp, start_llamafactory, start_ollama, tiny_run
 
 SECONDS = float(os.environ.get("PROGRESS_LOG_SECONDS", "180"))
@@ -72,27 +73,15 @@ class CountingProxy:
             except OSError:
                 return
             upstream = socket.create_connection(("127.0.0.1", self.target))
-            threading.Thread(target=self._pump, args=(client, upstream, False), daemon=True).start()
-            threading.Thread(target=self._pump, args=(upstream, client, True), daemon=True).start()
+            threading.Thread(target=pipe, args=(client, upstream), daemon=True).start()
+            threading.Thread(target=pipe, args=(upstream, client, self._count), daemon=True).start()
 
-    def _pump(self, src: socket.socket, dst: socket.socket, count: bool) -> None:
-        try:
-            while data := src.recv(1 << 16):
-                if count:
-                    with self._lock:
-                        self.sent += len(data)
-                        if DUMP:
-                            with open(DUMP, "ab") as f:
-                                f.write(data)
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+    def _count(self, data: bytes) -> None:
+        with self._lock:
+            self.sent += len(data)
+            if DUMP:
+                with open(DUMP, "ab") as f:
+                    f.write(data)
 
     def close(self) -> None:
         self.server.close()

@@ -533,21 +533,21 @@ def test_links_planted_in_an_export_folder_never_make_the_app_write_outside(env,
     assert not list(env["data"].rglob("*.partial"))
 
     # a linked folder in the way: the export stops with one sentence, and nothing is written there
-    plant(env, f"cd {work}; mv eval eval.kept; ln -s {outside} eval")
-    try:
-        log, status = _final(stream_export(env["app"].url, export_args(env["run"], name="tiny-links",
-                                                                       overwrite=True))[0])
-    finally:
-        plant(env, f"cd {work}; rm eval; mv eval.kept eval")
+    def export_while_linked(link: str, restore: str) -> tuple[str, dict]:
+        plant(env, link)
+        try:
+            return _final(stream_export(env["app"].url, export_args(env["run"], name="tiny-links",
+                                                                    overwrite=True))[0])
+        finally:
+            plant(env, restore)
+
+    log, status = export_while_linked(f"cd {work}; mv eval eval.kept; ln -s {outside} eval",
+                                      f"cd {work}; rm eval; mv eval.kept eval")
     assert status["status"] == "failed" and status["stage"] == "fidelity", log[-2000:]
     assert status["error"] == f"fidelity failed: exports/{work.name}/eval {LINK_SENTENCE}"
     # the whole work folder replaced by a link
-    plant(env, f"mv {work} {work}.kept; ln -s {outside} {work}")
-    try:
-        log, status = _final(stream_export(env["app"].url, export_args(env["run"], name="tiny-links",
-                                                                       overwrite=True))[0])
-    finally:
-        plant(env, f"rm {work}; mv {work}.kept {work}")
+    log, status = export_while_linked(f"mv {work} {work}.kept; ln -s {outside} {work}",
+                                      f"rm {work}; mv {work}.kept {work}")
     assert status["status"] == "failed" and status["stage"] == "merge", log[-2000:]
     assert status["error"] == f"merge failed: exports/{work.name} {LINK_SENTENCE}"
     assert outside_files(outside) == before and sorted(p.name for p in outside.iterdir()) == ["victim"]
