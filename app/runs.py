@@ -142,27 +142,22 @@ def datasets_of(path: Path) -> tuple[list[str], str]:
     return [str(n).strip() for n in names or [] if str(n).strip()], dataset_dir
 
 
-def tail_text(path: Path, n: int = 4096) -> str:
-    """The last `n` bytes of a file as text ("" when it cannot be read)."""
+def tail_text(path: Path, n: int = 4096, whole_lines: bool = False) -> str:
+    """The last `n` bytes of a file as text ("" when it cannot be read); with `whole_lines`, from the first
+    line start within them when the file is longer."""
     try:
         with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - n))
-            return f.read().decode("utf-8", "replace")
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(0, size - n))
+            text = f.read().decode("utf-8", "replace")
     except OSError:
         return ""
+    return text.split("\n", 1)[-1] if whole_lines and size > n else text
 
 
 def last_loss(log_path: Path, tail_bytes: int = 65536) -> float | None:
     """The last finite `loss` in trainer_log.jsonl, reading only the file's tail."""
-    try:
-        with open(log_path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - tail_bytes))
-            lines = f.read().decode("utf-8", "replace").splitlines()
-    except OSError:
-        return None
-    for line in reversed(lines):
+    for line in reversed(tail_text(log_path, tail_bytes).splitlines()):
         try:
             value = json.loads(line).get("loss")
         except (ValueError, AttributeError):

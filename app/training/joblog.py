@@ -9,6 +9,7 @@ import os
 import re
 from pathlib import Path
 
+from ..runs import tail_text
 from ..safe_fs import SafeDir
 from .jobs import TrainJob
 from .request import config_yaml
@@ -52,8 +53,7 @@ class JobFiles:
 
     def append(self, job_id: str, text: str) -> None:
         try:
-            fd = self.fs.open_fd(self.log_path(job_id), os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-            with os.fdopen(fd, "a", encoding="utf-8") as f:
+            with self.appender(job_id) as f:
                 f.write(text)
         except OSError as exc:
             log.warning("training job %s: cannot write its log: %s", job_id, exc)
@@ -82,14 +82,4 @@ class JobFiles:
 
     def text(self, job_id: str, tail: int = LOG_TAIL) -> str:
         """The last `tail` bytes of the log, from a line start, progress redraws collapsed."""
-        try:
-            with open(self.log_path(job_id), "rb") as f:
-                f.seek(0, os.SEEK_END)
-                size = f.tell()
-                f.seek(max(0, size - tail))
-                text = f.read().decode("utf-8", "replace")
-        except OSError:
-            return ""
-        if size > tail:
-            text = text.split("\n", 1)[-1]
-        return collapse_redraws(text)
+        return collapse_redraws(tail_text(self.log_path(job_id), tail, whole_lines=True))

@@ -61,12 +61,12 @@ class RayRunner:
     def reconcile(self, job: TrainJob) -> None:
         sid = job.handle.get("submission_id")
         if not sid:  # the app stopped between submitting and recording it: ask the cluster
+            sid = self.submission_id(job)
             try:
-                self.ray.status(self.submission_id(job))
+                self.ray.status(sid)
             except RayUnavailable:
                 self._end(job, FAILED, "The job never reached the Ray cluster (the app stopped while submitting it).")
                 return
-            sid = self.submission_id(job)
             self.store.update(job.id, handle={"submission_id": sid, "ray_status": "",
                                               "log_offset": self.files.size(job.id)})
             job = self.store.get(job.id)

@@ -4,6 +4,7 @@ through `ctx.tools` (tool containers) or `ctx.ollama`, and records results on th
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from ...config import Settings
@@ -42,9 +43,10 @@ class StageContext:
     def data_dir(self) -> Path:
         return Path(self.settings.data_dir)
 
-    @property
+    @cached_property
     def fs(self) -> SafeDir:
-        """Every write of a stage in the data directory goes through this (no symlink is followed)."""
+        """Every write of a stage in the data directory goes through this (no symlink is followed); made once
+        per export, as the data directory is fixed for it."""
         return SafeDir(self.settings.data_dir)
 
     def emit(self, text: str) -> None:
